@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from shared.contracts import (
+    Event,
+    ModelOutput,
+    ModelUpdate,
+    Preference,
+    RankingResult,
+    RankingTask,
+    TrainingRunStatus,
+    derived_id,
+    output_id_for,
+    preference_id_for,
+    task_id_for,
+)
+from shared.topics import LOOP_TOPICS, by_name, dead_letter_topic
+from tests import factories
+
+
+def all_events() -> list[Event]:
+    output = factories.model_output(n=3)
+    task = factories.ranking_task(output)
+    result = factories.ranking_result(task)
+    return [
+        output,
+        task,
+        result,
+        factories.preference(result, task),
+        factories.training_status(),
+        factories.model_update(),
+    ]
+
+
+@pytest.mark.parametrize("event", all_events(), ids=lambda e: type(e).__name__)
+def test_every_event_round_trips_through_json(event: Event) -> None:
+    again = type(event).model_validate_json(event.to_json_bytes())
+    assert again == event
+    payload = json.loads(event.to_json_bytes())
+    assert payload["schema_version"] == type(event).SCHEMA_VERSION
+    assert payload["event_id"] == event.event_id
+    assert payload["created_at"].endswith("Z") or "+00:00" in payload["created_at"]
+
+
+def test_every_topic_has_a_contract_and_unique_name() -> None:
+    names = [t.name for t in LOOP_TOPICS]
+    assert len(set(names)) == len(names)
+    expected = {ModelOutput, RankingTask, RankingResult, Preference, TrainingRunStatus, ModelUpdate}
+    assert {t.contract for t in LOOP_TOPICS} == expected
+    assert by_name("rlhf.preferences").contract is Preference
+    assert dead_letter_topic("sampler") == "rlhf.dlq.sampler"
+    with pytest.raises(KeyError, match="unknown topic"):
+        by_name("rlhf.nope")
+
+
+def test_validation_error_names_the_field() -> None:
+    payload = json.loads(factories.model_output().to_json_bytes())
+    payload["candidates"] = []
+    with pytest.raises(ValidationError) as caught:
+        ModelOutput.model_validate(payload)
+    assert caught.value.errors()[0]["loc"] == ("candidates",)
+
+    payload = json.loads(factories.model_output().to_json_bytes())
+    payload["conversation"][0]["role"] = "robot"
+    with pytest.raises(ValidationError) as caught:
+        ModelOutput.model_validate(payload)
+    assert caught.value.errors()[0]["loc"] == ("conversation", 0, "role")
+
+
+def test_unknown_fields_are_rejected_not_dropped() -> None:
+    payload = json.loads(factories.model_output().to_json_bytes())
+    payload["candidatez"] = []
+    with pytest.raises(ValidationError, match="candidatez"):
+        ModelOutput.model_validate(payload)
+
+
+def test_newer_schema_version_is_refused() -> None:
+    payload = json.loads(factories.model_output().to_json_bytes())
+    payload["schema_version"] = ModelOutput.SCHEMA_VERSION + 1
+    with pytest.raises(ValidationError, match="newer than this reader"):
+        ModelOutput.model_validate(payload)
+
+
+def test_events_are_immutable() -> None:
+    output = factories.model_output()
+    with pytest.raises(ValidationError):
+        output.output_id = "other"  # type: ignore[misc]
+
+
+def test_ids_are_deterministic_and_kind_scoped() -> None:
+    assert output_id_for("req-1") == output_id_for("req-1")
+    assert output_id_for("req-1") != output_id_for("req-2")
+    # same parts, different kind: different ids
+    assert derived_id("output", "x") != derived_id("task", "x")
+    assert task_id_for("o1") == task_id_for("o1")
+    assert preference_id_for("t", "a", "b") != preference_id_for("t", "b", "a")
+    with pytest.raises(ValueError):
+        derived_id("output")
+
+
+def test_event_id_must_match_the_domain_id() -> None:
+    output = factories.model_output()
+    payload = json.loads(output.to_json_bytes())
+    payload["event_id"] = "something-else"
+    with pytest.raises(ValidationError, match="event_id must equal output_id"):
+        ModelOutput.model_validate(payload)
+
+
+def test_candidate_ids_unique_and_feedback_refers_to_known_candidates() -> None:
+    payload = json.loads(factories.model_output(n=2).to_json_bytes())
+    payload["candidates"][1]["candidate_id"] = payload["candidates"][0]["candidate_id"]
+    with pytest.raises(ValidationError, match="candidate_id values must be unique"):
+        ModelOutput.model_validate(payload)
+    payload = json.loads(factories.model_output(n=2).to_json_bytes())
+    payload["feedback"] = [{"kind": "thumbs_down", "candidate_id": "c9"}]
+    with pytest.raises(ValidationError, match="unknown candidate_id"):
+        ModelOutput.model_validate(payload)
+
+
+def test_ranking_task_holds_two_to_five_candidates() -> None:
+    task = factories.ranking_task(factories.model_output(n=5))
+    assert len(task.candidates) == 5
+    for n in (1, 6):
+        payload = json.loads(task.to_json_bytes())
+        payload["candidates"] = [dict(payload["candidates"][0], candidate_id=f"x{i}") for i in range(n)]
+        with pytest.raises(ValidationError) as caught:
+            RankingTask.model_validate(payload)
+        assert caught.value.errors()[0]["loc"] == ("candidates",)
+
+
+def test_ties_are_allowed_but_a_candidate_is_ranked_once() -> None:
+    result = factories.ranking_result(factories.ranking_task(factories.model_output(n=3)))
+    payload = json.loads(result.to_json_bytes())
+    ranks = payload["annotations"][0]["ranks"]
+    ranks[1]["rank"] = ranks[0]["rank"]  # a tie
+    assert RankingResult.model_validate(payload).annotations[0].ranks[1].rank == ranks[0]["rank"]
+    ranks[1]["candidate_id"] = ranks[0]["candidate_id"]
+    with pytest.raises(ValidationError, match="each candidate may be ranked once"):
+        RankingResult.model_validate(payload)
+
+
+def test_preference_needs_two_different_candidates_and_nonnegative_margin() -> None:
+    task = factories.ranking_task(factories.model_output())
+    pref = factories.preference(factories.ranking_result(task), task)
+    payload = json.loads(pref.to_json_bytes())
+    payload["margin"] = -1
+    with pytest.raises(ValidationError) as caught:
+        Preference.model_validate(payload)
+    assert caught.value.errors()[0]["loc"] == ("margin",)
+    payload = json.loads(pref.to_json_bytes())
+    payload["rejected"] = payload["chosen"]
+    with pytest.raises(ValidationError, match="rejected: must differ"):
+        Preference.model_validate(payload)
+
+
+def test_partition_key_keeps_a_conversation_together() -> None:
+    a = factories.model_output("r1", conversation_id="conv-7")
+    b = factories.model_output("r2", conversation_id="conv-7")
+    assert a.partition_key == b.partition_key == "conv-7"
+    task = factories.ranking_task(factories.model_output("r3"))
+    assert task.partition_key == task.output_id
+
+
+def test_model_update_canary_fraction_bounded() -> None:
+    payload = json.loads(factories.model_update().to_json_bytes())
+    payload["canary_fraction"] = 1.5
+    with pytest.raises(ValidationError) as caught:
+        ModelUpdate.model_validate(payload)
+    assert caught.value.errors()[0]["loc"] == ("canary_fraction",)
+
+
+def test_terminal_training_states() -> None:
+    assert factories.training_status(state="failed").is_terminal
+    assert not factories.training_status(state="started").is_terminal
