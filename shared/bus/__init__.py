@@ -1,0 +1,14 @@
+"""The Kafka bus on kafka-python: an event producer and an at-least-once consumer loop."""
+
+from .consumer import ConsumerLoop, Handler, Outgoing
+from .errors import DependencyUnavailable, PoisonMessage
+from .producer import EventProducer
+
+__all__ = [
+    "ConsumerLoop",
+    "DependencyUnavailable",
+    "EventProducer",
+    "Handler",
+    "Outgoing",
+    "PoisonMessage",
+]

@@ -1,0 +1,255 @@
+"""The consumer loop: at-least-once, commit after success, dead letters for poison.
+
+Per polled batch, in partition order:
+  decode the value into the topic's contract  -> PoisonMessage on failure
+  call the handler                            -> it returns events to produce
+  send those events
+then flush the producer and commit the offsets of every finished record. A record
+counts as finished when its handler succeeded or it was dead-lettered; nothing is
+committed past a record that is still owed a retry.
+
+Failures:
+  PoisonMessage (bad JSON, contract violation, handler says so)
+      -> dead-letter topic at once, with the reason in headers; the loop goes on.
+  DependencyUnavailable (Argilla down, ...)
+      -> seek back to the record, back off, poll again: retried for as long as it
+         takes, never dead-lettered. Polling keeps the group membership alive.
+  any other exception
+      -> retried in place with exponential backoff, `max_attempts` in all, then
+         dead-lettered with the last error.
+Stop (SIGTERM): the record in hand is finished, the rest of the batch is left for
+redelivery, finished work is flushed and committed, then the consumer closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from shared.contracts import Event
+from shared.observability.metrics import BusMetrics
+from shared.settings import ConsumerSettings, KafkaSettings
+from shared.topics import Topic, by_name, dead_letter_topic
+
+from .codec import decode
+from .dead_letter import dead_letter_headers
+from .errors import DependencyUnavailable, PoisonMessage
+from .producer import EventProducer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An event a handler wants produced once its input is done."""
+
+    topic: Topic
+    event: Event
+
+
+# A handler gets the decoded event and the raw record (for headers, offsets) and
+# returns what to produce. It signals failure by raising (see the module docstring).
+Handler = Callable[[Event, ConsumerRecord], Iterable[Outgoing]]
+
+
+class _Retry(Exception):
+    """Internal: the record must be redelivered (dependency down, or stopping)."""
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        *,
+        topics: Sequence[Topic],
+        group_id: str,
+        handler: Handler,
+        kafka: KafkaSettings,
+        consumer: ConsumerSettings,
+        producer: EventProducer,
+        metrics: BusMetrics,
+        stop: threading.Event,
+    ) -> None:
+        if not topics:
+            raise ValueError("a consumer loop needs at least one topic")
+        self._topics = {t.name: t for t in topics}
+        self.group_id = group_id
+        self.dead_letter_topic = dead_letter_topic(group_id)
+        self._handler = handler
+        self._settings = consumer
+        self._producer = producer
+        self._metrics = metrics
+        self._stop = stop
+        self._consumer = KafkaConsumer(**kafka.consumer_kwargs(group_id))
+        self._consumer.subscribe(list(self._topics))
+        self._backoff_until = 0.0
+        self._pending: list[FutureRecordMetadata] = []
+        self._children: dict[str, tuple[Any, Any]] = {}
+        self._dependency_failures = 0
+        self.last_poll_monotonic = time.monotonic()
+
+    # -- public -------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Poll and handle until `stop` is set, then commit finished work and close."""
+        try:
+            while not self._stop.is_set():
+                self.run_once()
+        finally:
+            self.close()
+
+    def run_once(self) -> int:
+        """One poll and its batch; returns how many records were finished."""
+        self._wait_backoff()
+        if self._stop.is_set():
+            return 0
+        batch = self._consumer.poll(timeout_ms=self._settings.poll_timeout_ms)
+        self.last_poll_monotonic = time.monotonic()
+        self._metrics.last_poll.labels(self.group_id).set_to_current_time()
+        finished: dict[TopicPartition, OffsetAndMetadata] = {}
+        first_offsets: dict[TopicPartition, int] = {}
+        count = 0
+        try:
+            for tp, records in batch.items():
+                for record in records:
+                    if self._stop.is_set():
+                        raise _Retry()
+                    try:
+                        self._handle(record)
+                    except _Retry:
+                        # Redeliver this record and the rest of its partition; other
+                        # partitions of the batch go on.
+                        self._consumer.seek(tp, record.offset)
+                        break
+                    first_offsets.setdefault(tp, record.offset)
+                    finished[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+                    count += 1
+        except _Retry:
+            pass  # stopping: what is finished is committed below, the rest redelivered
+        if not self._commit(finished):
+            for tp, offset in first_offsets.items():
+                self._consumer.seek(tp, offset)
+            return 0
+        return count
+
+    def close(self) -> None:
+        try:
+            self._consumer.close(autocommit=False)
+        except Exception:  # closing must not hide the reason we are closing
+            log.exception("error closing consumer of group %s", self.group_id)
+
+    # -- one record ---------------------------------------------------------------
+
+    def _handle(self, record: ConsumerRecord) -> None:
+        topic = self._topics.get(record.topic) or by_name(record.topic)
+        labels = (record.topic, self.group_id)
+        handler_seconds, consumed = self._hot_metrics(record.topic)
+        attempts = 0
+        while True:
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                event = decode(record.value, topic.contract)
+                outgoing = list(self._handler(event, record))
+                for out in outgoing:
+                    self._pending.append(self._producer.send(out.topic, out.event))
+            except PoisonMessage as poison:
+                self._dead_letter(record, "poison", poison.reason, poison, attempts)
+                break
+            except DependencyUnavailable as unavailable:
+                self._metrics.failed.labels(*labels, "dependency_unavailable").inc()
+                self._dependency_failures += 1
+                delay = self._delay(self._dependency_failures)
+                log.warning("dependency unavailable handling %s@%s/%s (%s); retry in %.1fs",
+                            record.topic, record.partition, record.offset, unavailable, delay)
+                self._backoff_until = time.monotonic() + delay
+                raise _Retry() from unavailable
+            except Exception as error:  # noqa: BLE001 - the loop decides, see docstring
+                self._metrics.failed.labels(*labels, "error").inc()
+                if attempts >= self._settings.max_attempts:
+                    reason = f"handler failed {attempts} times: {type(error).__name__}: {error}"
+                    self._dead_letter(record, "retries_exhausted", reason, error, attempts)
+                    break
+                delay = self._delay(attempts)
+                log.warning("handler error on %s@%s/%s (attempt %d/%d), retry in %.1fs: %r",
+                            record.topic, record.partition, record.offset, attempts,
+                            self._settings.max_attempts, delay, error)
+                if self._stop.wait(delay):
+                    raise _Retry() from error
+                continue
+            finally:
+                handler_seconds.observe(time.perf_counter() - started)
+            break
+        self._dependency_failures = 0
+        consumed.inc()
+
+    def _hot_metrics(self, topic: str) -> tuple[Any, Any]:
+        """The per-message metric children of a topic, looked up once: `labels()` on
+        every message costs more than the rest of the loop's bookkeeping."""
+        children = self._children.get(topic)
+        if children is None:
+            children = (
+                self._metrics.handler_seconds.labels(topic, self.group_id),
+                self._metrics.consumed.labels(topic, self.group_id),
+            )
+            self._children[topic] = children
+        return children
+
+    def _dead_letter(
+        self, record: ConsumerRecord, kind: str, reason: str, error: BaseException, attempts: int
+    ) -> None:
+        headers = dead_letter_headers(
+            record, group_id=self.group_id, kind=kind, reason=reason,
+            error_type=type(error).__name__, attempts=attempts,
+        )
+        # Wait for the acknowledgement: the offset is committed right after, so a
+        # dead letter that was never stored would be a lost message.
+        self._producer.send_raw(self.dead_letter_topic, record.key, record.value, headers=headers).get(timeout=30)
+        self._metrics.dead_lettered.labels(record.topic, self.group_id, kind).inc()
+        log.error("dead-lettered %s@%s/%s to %s: %s",
+                  record.topic, record.partition, record.offset, self.dead_letter_topic, reason)
+
+    # -- commit and backoff -------------------------------------------------------
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
+        """Flush what handlers produced, then commit. False when an output was not
+        stored: the batch's inputs are then redelivered, not committed."""
+        if not offsets:
+            return True
+        # What handlers produced must be stored before their inputs count as done.
+        self._producer.flush()
+        pending, self._pending = self._pending, []
+        failed = [f for f in pending if f.failed()]
+        if failed:
+            self._metrics.commits.labels(self.group_id, "failed").inc()
+            self._dependency_failures += 1
+            self._backoff_until = time.monotonic() + self._delay(self._dependency_failures)
+            log.warning("group %s: %d produced events were not acknowledged (%r); redelivering the batch",
+                        self.group_id, len(failed), failed[0].exception)
+            return False
+        try:
+            self._consumer.commit(offsets)
+            self._metrics.commits.labels(self.group_id, "ok").inc()
+        except (CommitFailedError, KafkaError) as error:
+            # A rebalance took the partitions away: the new owner redelivers them, and
+            # deterministic ids make the repeat harmless.
+            self._metrics.commits.labels(self.group_id, "failed").inc()
+            log.warning("commit failed for group %s: %r", self.group_id, error)
+        return True
+
+    def _delay(self, attempt: int) -> float:
+        return min(self._settings.backoff_max_s, self._settings.backoff_initial_s * 2 ** (attempt - 1))
+
+    def _wait_backoff(self) -> None:
+        remaining = self._backoff_until - time.monotonic()
+        if remaining > 0:
+            self._stop.wait(remaining)

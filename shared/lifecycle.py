@@ -1,0 +1,37 @@
+"""Process lifecycle: logging set-up and a stop event set by SIGTERM/SIGINT.
+
+Kubernetes sends SIGTERM, then SIGKILL after the grace period; a terminal sends SIGINT.
+Both only set the stop event: the service stops polling, finishes the record in hand,
+commits and closes on its own thread of control. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    # kafka-python logs every reconnect at WARNING/ERROR; the loop reports what matters.
+    logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.ERROR))
+
+
+def install_stop_signals(stop: threading.Event) -> None:
+    """Set `stop` on the first SIGTERM/SIGINT; exit immediately on the second."""
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            logging.getLogger(__name__).warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        logging.getLogger(__name__).info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)

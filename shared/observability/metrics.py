@@ -1,0 +1,66 @@
+"""Metrics of the bus, built on a registry that is passed in (no hidden global, so each
+test and each service gets its own)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Handler latency buckets: a JSON decode is sub-millisecond, an Argilla push or a
+# reward-model scoring can take seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class BusMetrics:
+    """Per-topic message counts and handler latency. Label values are topic and group
+    names and a fixed set of reasons, so cardinality stays bounded."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumed = Counter(
+            "rlhf_messages_consumed_total",
+            "Messages read from a topic and handled (including dead-lettered ones).",
+            ["topic", "group"],
+            registry=registry,
+        )
+        self.produced = Counter(
+            "rlhf_messages_produced_total",
+            "Messages acknowledged by the broker.",
+            ["topic"],
+            registry=registry,
+        )
+        self.produce_errors = Counter(
+            "rlhf_messages_produce_errors_total",
+            "Messages the broker did not acknowledge.",
+            ["topic"],
+            registry=registry,
+        )
+        self.failed = Counter(
+            "rlhf_messages_failed_total",
+            "Handler attempts that failed; reason is 'error' or 'dependency_unavailable'.",
+            ["topic", "group", "reason"],
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "rlhf_messages_dead_lettered_total",
+            "Messages sent to the group's dead-letter topic; reason is 'poison' or 'retries_exhausted'.",
+            ["topic", "group", "reason"],
+            registry=registry,
+        )
+        self.handler_seconds = Histogram(
+            "rlhf_handler_duration_seconds",
+            "Time a handler took per message, successful or not.",
+            ["topic", "group"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.commits = Counter(
+            "rlhf_consumer_commits_total",
+            "Offset commits; outcome is 'ok' or 'failed'.",
+            ["group", "outcome"],
+            registry=registry,
+        )
+        self.last_poll = Gauge(
+            "rlhf_consumer_last_poll_timestamp_seconds",
+            "Unix time of the consumer's last poll; a stalled consumer stops moving it.",
+            ["group"],
+            registry=registry,
+        )

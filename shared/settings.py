@@ -1,0 +1,136 @@
+"""Settings shared by every service, read from the environment once at start.
+
+All variables use the `RLHF_` prefix and `__` for nesting, e.g.
+`RLHF_KAFKA__BOOTSTRAP_SERVERS=kafka:9092` or `RLHF_HTTP__PORT=9100`.
+A service adds its own options as one more nested model, e.g.
+`RLHF_EVENT_LOGGER__TOPICS=rlhf.outputs`.
+
+Kafka defaults suit both the embedded Tansu broker and a real Kafka cluster:
+Tansu holds a group join for half of `session_timeout_ms`, so the default session is
+the smallest Kafka accepts (6 s, Kafka's `group.min.session.timeout.ms`), which keeps a
+join near 3 s; raise it on a busy production cluster if rebalances flap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RLHF_"
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="comma-separated host:port list"
+    )
+    client_id: str = "rlhf-loop"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    # consumer group timing (see module docstring)
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=1500, ge=100)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    fetch_max_wait_ms: int = Field(default=100, ge=0)
+    max_poll_records: int = Field(default=500, ge=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    startup_timeout_s: float = Field(
+        default=30.0, gt=0, description="how long a service waits for the broker at start"
+    )
+    # producer batching
+    compression_type: Literal["gzip", "lz4", "snappy", "zstd"] | None = "lz4"
+    linger_ms: int = Field(default=5, ge=0)
+    batch_size: int = Field(default=262_144, ge=1024)
+    max_request_size: int = Field(default=4_194_304, ge=1024)
+    delivery_timeout_ms: int = Field(default=120_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> "KafkaSettings":
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        if self.delivery_timeout_ms <= self.linger_ms + self.request_timeout_ms:
+            raise ValueError("delivery_timeout_ms must exceed linger_ms + request_timeout_ms")
+        return self
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Options every kafka-python client takes (connection and security)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.ssl_cafile:
+            kwargs["ssl_cafile"] = self.ssl_cafile
+        return kwargs
+
+    def producer_kwargs(self) -> dict[str, Any]:
+        # acks=all + idempotence are not settings: the loop's guarantees rest on them.
+        return {
+            **self.client_kwargs(),
+            "acks": "all",
+            "enable_idempotence": True,
+            "compression_type": self.compression_type,
+            "linger_ms": self.linger_ms,
+            "batch_size": self.batch_size,
+            "max_request_size": self.max_request_size,
+            "delivery_timeout_ms": self.delivery_timeout_ms,
+        }
+
+    def consumer_kwargs(self, group_id: str) -> dict[str, Any]:
+        return {
+            **self.client_kwargs(),
+            "group_id": group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.auto_offset_reset,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+            "max_poll_records": self.max_poll_records,
+            # a request must outlive the longest group join
+            "request_timeout_ms": max(self.request_timeout_ms, self.session_timeout_ms + 5000),
+        }
+
+
+class ConsumerSettings(BaseModel):
+    max_attempts: int = Field(default=5, ge=1, description="handler tries before dead-lettering")
+    backoff_initial_s: float = Field(default=0.2, gt=0)
+    backoff_max_s: float = Field(default=10.0, gt=0)
+    poll_timeout_ms: int = Field(default=500, ge=10)
+    shutdown_grace_s: float = Field(
+        default=20.0, gt=0, description="keep under the pod's terminationGracePeriodSeconds"
+    )
+    create_topics: bool = Field(
+        default=True, description="create missing topics at start (off where Strimzi owns them)"
+    )
+
+
+class HttpSettings(BaseModel):
+    host: str = "0.0.0.0"
+    port: int = Field(default=9000, ge=0, le=65535, description="0 picks a free port")
+
+
+class ServiceSettings(BaseSettings):
+    """The base every service's settings extend."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+    http: HttpSettings = HttpSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    data_dir: str = Field(default="./.rlhf-loop", description="durable state of embedded mode")
