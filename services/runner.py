@@ -1,0 +1,81 @@
+"""The one way a consumer service runs: settings -> bus -> handler -> metrics/health -> shutdown.
+
+Every consumer service is a `ConsumerSpec` (its topics, group and handler) handed to
+`run_consumer_service`; what differs between services is only the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from shared.bus import ConsumerLoop, EventProducer, Handler
+from shared.bus.admin import ensure_topics
+from shared.observability.http import HealthServer
+from shared.observability.metrics import BusMetrics
+from shared.observability.probes import kafka_reachable, wait_until_reachable
+from shared.settings import ServiceSettings
+from shared.topics import Topic, dead_letter_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    name: str
+    group_id: str
+    topics: Sequence[Topic]
+    handler: Handler
+    produces: Sequence[Topic] = ()
+
+
+def run_consumer_service(
+    spec: ConsumerSpec,
+    settings: ServiceSettings,
+    stop: threading.Event,
+    *,
+    registry: CollectorRegistry | None = None,
+    on_started: Callable[[HealthServer], None] | None = None,
+) -> None:
+    """Run `spec` until `stop` is set; cleanup happens in reverse order of set-up."""
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = BusMetrics(registry)
+    wait_until_reachable(settings.kafka)
+    if settings.consumer.create_topics:
+        wanted = [(t.name, t.partitions) for t in (*spec.topics, *spec.produces)]
+        ensure_topics(settings.kafka, [*wanted, (dead_letter_topic(spec.group_id), 1)])
+    with ExitStack() as stack:
+        producer = EventProducer(settings.kafka, metrics)
+        stack.callback(producer.close)
+        loop = ConsumerLoop(
+            topics=spec.topics,
+            group_id=spec.group_id,
+            handler=spec.handler,
+            kafka=settings.kafka,
+            consumer=settings.consumer,
+            producer=producer,
+            metrics=metrics,
+            stop=stop,
+        )
+        stack.callback(loop.close)
+        stall_limit_s = settings.kafka.max_poll_interval_ms / 1000
+        health = HealthServer(
+            registry,
+            settings.http.host,
+            settings.http.port,
+            liveness={"consumer_loop": lambda: time.monotonic() - loop.last_poll_monotonic < stall_limit_s},
+            readiness={"kafka": kafka_reachable(settings.kafka)},
+        )
+        stack.enter_context(health)
+        log.info("%s: consuming %s as group %s; metrics on :%d",
+                 spec.name, [t.name for t in spec.topics], spec.group_id, health.port)
+        if on_started is not None:
+            on_started(health)
+        loop.run()
+    log.info("%s: stopped cleanly", spec.name)
