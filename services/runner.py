@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from shared.bus import ConsumerLoop, EventProducer, Handler
+from shared.bus import ConsumerLoop, EventProducer, Handler, Ticker
 from shared.bus.admin import ensure_topics
 from shared.observability.http import HealthServer
 from shared.observability.metrics import BusMetrics
@@ -33,6 +33,8 @@ class ConsumerSpec:
     topics: Sequence[Topic]
     handler: Handler
     produces: Sequence[Topic] = ()
+    ticker: Ticker | None = None
+    tick_interval_s: float = 1.0
 
 
 def run_consumer_service(
@@ -62,6 +64,8 @@ def run_consumer_service(
             producer=producer,
             metrics=metrics,
             stop=stop,
+            ticker=spec.ticker,
+            tick_interval_s=spec.tick_interval_s,
         )
         stack.callback(loop.close)
         stall_limit_s = settings.kafka.max_poll_interval_ms / 1000

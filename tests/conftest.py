@@ -18,7 +18,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from shared.bus import ConsumerLoop, EventProducer, Handler
+from shared.bus import ConsumerLoop, EventProducer, Handler, Ticker
 from shared.bus.admin import ensure_topics
 from shared.contracts import Event
 from shared.embedded.broker import EmbeddedBroker
@@ -129,7 +129,8 @@ class LoopThread:
 def start_loop(kafka: KafkaSettings) -> Iterator[Callable[..., LoopThread]]:
     started: list[LoopThread] = []
 
-    def start(topics: list[Topic], group: str, handler: Handler, **consumer: object) -> LoopThread:
+    def start(topics: list[Topic], group: str, handler: Handler, ticker: Ticker | None = None,
+              **consumer: object) -> LoopThread:
         ensure_topics(kafka, [(dead_letter_topic(group), 1)])
         registry = CollectorRegistry()
         metrics = BusMetrics(registry)
@@ -137,7 +138,8 @@ def start_loop(kafka: KafkaSettings) -> Iterator[Callable[..., LoopThread]]:
         settings = ConsumerSettings(**{"backoff_initial_s": 0.05, "backoff_max_s": 0.2, **consumer})  # type: ignore[arg-type]
         producer = EventProducer(kafka, metrics)
         loop = ConsumerLoop(topics=topics, group_id=group, handler=handler, kafka=kafka,
-                            consumer=settings, producer=producer, metrics=metrics, stop=stop)
+                            consumer=settings, producer=producer, metrics=metrics, stop=stop,
+                            ticker=ticker, tick_interval_s=0.1)
         runner = LoopThread(loop, stop, producer, registry).start()
         started.append(runner)
         return runner

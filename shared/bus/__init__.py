@@ -1,6 +1,6 @@
 """The Kafka bus on kafka-python: an event producer and an at-least-once consumer loop."""
 
-from .consumer import ConsumerLoop, Handler, Outgoing
+from .consumer import ConsumerLoop, Handler, Outgoing, Ticker
 from .errors import DependencyUnavailable, PoisonMessage
 from .producer import EventProducer
 
@@ -11,4 +11,5 @@ __all__ = [
     "Handler",
     "Outgoing",
     "PoisonMessage",
+    "Ticker",
 ]

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -62,6 +62,19 @@ class Outgoing:
 Handler = Callable[[Event, ConsumerRecord], Iterable[Outgoing]]
 
 
+class Ticker(Protocol):
+    """Time-driven output of a consumer service (e.g. a sampling window that closes).
+
+    Called from the loop's own thread between batches, so it shares the handler's
+    state without locks. `due` returns what should be produced now; `delivered` is
+    called only once the broker acknowledged all of it, so a failed send is simply
+    offered again at the next tick (ids are deterministic, repeats are harmless)."""
+
+    def due(self) -> list[Outgoing]: ...
+
+    def delivered(self, outgoing: list[Outgoing]) -> None: ...
+
+
 class _Retry(Exception):
     """Internal: the record must be redelivered (dependency down, or stopping)."""
 
@@ -78,6 +91,8 @@ class ConsumerLoop:
         producer: EventProducer,
         metrics: BusMetrics,
         stop: threading.Event,
+        ticker: Ticker | None = None,
+        tick_interval_s: float = 1.0,
     ) -> None:
         if not topics:
             raise ValueError("a consumer loop needs at least one topic")
@@ -94,6 +109,9 @@ class ConsumerLoop:
         self._backoff_until = 0.0
         self._pending: list[FutureRecordMetadata] = []
         self._children: dict[str, tuple[Any, Any]] = {}
+        self._ticker = ticker
+        self._tick_interval_s = tick_interval_s
+        self._next_tick = 0.0
         self._dependency_failures = 0
         self.last_poll_monotonic = time.monotonic()
 
@@ -135,6 +153,7 @@ class ConsumerLoop:
                     count += 1
         except _Retry:
             pass  # stopping: what is finished is committed below, the rest redelivered
+        self._maybe_tick()
         if not self._commit(finished):
             for tp, offset in first_offsets.items():
                 self._consumer.seek(tp, offset)
@@ -245,6 +264,22 @@ class ConsumerLoop:
             self._metrics.commits.labels(self.group_id, "failed").inc()
             log.warning("commit failed for group %s: %r", self.group_id, error)
         return True
+
+    def _maybe_tick(self) -> None:
+        if self._ticker is None or time.monotonic() < self._next_tick:
+            return
+        self._next_tick = time.monotonic() + self._tick_interval_s
+        outgoing = self._ticker.due()
+        if not outgoing:
+            return
+        futures = [self._producer.send(out.topic, out.event) for out in outgoing]
+        self._producer.flush()
+        failed = [f for f in futures if f.failed()]
+        if failed:
+            log.warning("group %s: %d of %d ticker events not acknowledged (%r); offered again next tick",
+                        self.group_id, len(failed), len(futures), failed[0].exception)
+            return
+        self._ticker.delivered(outgoing)
 
     def _delay(self, attempt: int) -> float:
         return min(self._settings.backoff_max_s, self._settings.backoff_initial_s * 2 ** (attempt - 1))

@@ -255,3 +255,47 @@ def test_stop_during_a_batch_commits_finished_work_and_leaves_the_rest(
     assert wait_for(lambda: committed_offsets(kafka, group_id, source.name) == {0: 10})
     resumed.join()
     assert rest == [e.output_id for e in events[3:]]
+
+
+class WindowTicker:
+    """Emits one task per output it was given, once, and remembers what was delivered."""
+
+    def __init__(self, sink: Topic) -> None:
+        self.sink = sink
+        self.waiting: list[ModelOutput] = []
+        self.delivered_ids: list[str] = []
+        self.offers = 0
+
+    def due(self) -> list[Outgoing]:
+        if self.waiting:
+            self.offers += 1
+        return [Outgoing(self.sink, factories.ranking_task(o)) for o in self.waiting]
+
+    def delivered(self, outgoing: list[Outgoing]) -> None:
+        self.delivered_ids += [o.event.event_id for o in outgoing]
+        self.waiting = []
+
+
+def test_ticker_output_is_produced_between_batches_and_confirmed_after_ack(
+    kafka: KafkaSettings, make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: StartLoop,
+) -> None:
+    source, sink = make_topic(ModelOutput), make_topic(RankingTask)
+    ticker = WindowTicker(sink)
+
+    def hold(event: Event, record: ConsumerRecord) -> Iterable[Outgoing]:
+        assert isinstance(event, ModelOutput)
+        ticker.waiting.append(event)  # produced later, by the ticker
+        return ()
+
+    runner = start_loop([source], group_id, hold, ticker=ticker)
+    held = outputs(3, "tick")
+    for event in held:
+        producer.send(source, event)
+    producer.flush()
+    tasks = read_topic(kafka, sink.name, expected=3)
+    assert wait_for(lambda: len(ticker.delivered_ids) == 3)
+    runner.join()
+    assert sorted(RankingTask.model_validate_json(r.value).output_id for r in tasks) == sorted(
+        e.output_id for e in held)
+    assert len(tasks) == 3
