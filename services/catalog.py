@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 SERVICES: dict[str, str] = {
     "event-logger": "services.event_logger.service",
+    "capture": "services.capture.service",
+    "sampler": "services.sampler.service",
 }
 
 ServiceMain = Callable[[threading.Event], None]

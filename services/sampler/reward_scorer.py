@@ -1,0 +1,77 @@
+"""Scores candidates with the current reward model, for the uncertainty strategy.
+
+The model comes from the trainer's registry; until the trainer has published one the
+scorer answers None and the rule falls back to its `fallback_rate`. A new version is
+picked up when the registry pointer changes (checked at most every `refresh_s`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Returns the directory of the reward model to use, or None when there is none yet.
+ModelLocator = Callable[[], Path | None]
+
+
+class RewardScorer:
+    def __init__(self, locate: ModelLocator, refresh_s: float = 30.0, max_length: int = 512) -> None:
+        self._locate = locate
+        self._refresh_s = refresh_s
+        self._max_length = max_length
+        self._loaded_from: Path | None = None
+        self._model = None
+        self._tokenizer = None
+        self._checked_at = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str | None:
+        return self._loaded_from.name if self._loaded_from else None
+
+    def rewards(self, prompt: str, answers: Sequence[str]) -> list[float] | None:
+        self._maybe_reload()
+        if self._model is None or self._tokenizer is None:
+            return None
+        import torch
+
+        texts = [f"{prompt}\nassistant: {answer}" for answer in answers]
+        batch = self._tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                                max_length=self._max_length)
+        with torch.no_grad():
+            logits = self._model(**batch).logits
+        return [float(v) for v in logits[:, 0]]
+
+    def _maybe_reload(self) -> None:
+        if time.monotonic() - self._checked_at < self._refresh_s and self._model is not None:
+            return
+        with self._lock:
+            self._checked_at = time.monotonic()
+            try:
+                path = self._locate()
+            except Exception:  # a broken registry must not stop sampling
+                log.exception("cannot locate the reward model")
+                return
+            if path is None or path == self._loaded_from:
+                return
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            model.config.pad_token_id = tokenizer.pad_token_id
+            model.eval()
+            self._model, self._tokenizer, self._loaded_from = model, tokenizer, path
+            log.info("uncertainty sampling now uses reward model %s", path)
+
+
+def directory_locator(directory: str | None) -> ModelLocator:
+    """A fixed directory (or none): for setups without a registry."""
+    path = Path(directory) if directory else None
+    return lambda: path if path is not None and (path / "config.json").exists() else None

@@ -1,0 +1,49 @@
+"""Scores behind the strategies. Every score is deterministic for a given output and
+model, so a redelivered output gets the same decision."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+from collections.abc import Sequence
+
+from shared.contracts import ModelOutput
+
+from .rules import NEGATIVE_FEEDBACK
+
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+_SPACES = re.compile(r"\s+")
+
+
+def stable_fraction(*parts: str) -> float:
+    """A uniform number in [0, 1) fixed by `parts` (sha256): the coin flip of the
+    uniform strategy and the random key of reservoir sampling, both replayable."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def prompt_text(output: ModelOutput) -> str:
+    """The text annotators judge the answers against: the conversation so far."""
+    return "\n".join(f"{m.role}: {m.content}" for m in output.conversation)
+
+
+def normalized_prompt_hash(output: ModelOutput) -> str:
+    """Same hash for prompts that differ only in case, punctuation or spacing."""
+    last_user = next((m.content for m in reversed(output.conversation) if m.role == "user"),
+                     prompt_text(output))
+    text = _SPACES.sub(" ", _PUNCTUATION.sub(" ", last_user.lower())).strip()
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def feedback_score(output: ModelOutput) -> float:
+    """1 when the user signalled something went wrong (thumbs down, edit, regenerate)."""
+    return 1.0 if any(f.kind in NEGATIVE_FEEDBACK for f in output.feedback) else 0.0
+
+
+def reward_margin(rewards: Sequence[float]) -> float:
+    """Gap between the two best rewards: small = the reward model can't tell = worth a label."""
+    if len(rewards) < 2:
+        return float("inf")
+    top = sorted(rewards, reverse=True)
+    return top[0] - top[1]

