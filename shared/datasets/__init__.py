@@ -1,0 +1,1 @@
+"""Data shipped with the project (so nothing is downloaded at run time)."""
