@@ -1,0 +1,189 @@
+"""OpenAI-compatible HTTP API: /v1/chat/completions (streaming or not), /v1/models.
+
+Generation runs in a worker thread so the event loop keeps serving probes and
+metrics. Every completion is captured to rlhf.outputs after the response is built,
+without waiting for the broker: capture can fail, the user's request cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field
+
+from shared.bus import EventProducer
+from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, derived_id
+from shared.observability.http import Checks, run_checks
+from shared.topics import OUTPUTS
+
+from .metrics import PolicyServerMetrics
+from .models import Generation, PolicyPool
+from .routing import Router
+
+log = logging.getLogger(__name__)
+
+
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    n: int = Field(default=1, ge=1, le=16)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stream: bool = False
+    seed: int | None = None
+    user: str | None = None
+
+
+def create_app(
+    *,
+    pool: PolicyPool,
+    router: Router,
+    metrics: PolicyServerMetrics,
+    registry: CollectorRegistry,
+    served_model_name: str,
+    max_tokens_default: int,
+    max_tokens_limit: int,
+    max_n: int,
+    producer: EventProducer | None,
+    readiness: Checks,
+) -> FastAPI:
+    app = FastAPI(title="rlhf-loop policy server", version="1")
+
+    def error(status: int, message: str, param: str | None = None) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": {
+            "message": message, "type": "invalid_request_error", "param": param, "code": None}})
+
+    def resolve(model: str) -> str:
+        """The served name routes (stable/canary); a loaded version name pins it."""
+        if model == served_model_name:
+            return router.choose()
+        if pool.has(model):
+            return model
+        raise HTTPException(status_code=404, detail=f"model {model!r} not found")
+
+    def capture(request: ChatRequest, version: str, completion_id: str, generations: list[Generation]) -> None:
+        if producer is None:
+            return
+        output_id = derived_id("policy-completion", completion_id)
+        params = {"temperature": request.temperature, "top_p": request.top_p,
+                  "max_tokens": request.max_tokens or max_tokens_default}
+        event = ModelOutput(
+            event_id=output_id, output_id=output_id, conversation=list(request.messages),
+            candidates=[Candidate(candidate_id=f"choice-{i}", text=g.text, finish_reason=g.finish_reason,
+                                  model=ModelRef(name=served_model_name, version=version), generation_params=params)
+                        for i, g in enumerate(generations)],
+            client_request_id=completion_id, source="policy_server", tags=["policy-server"],
+        )
+        try:
+            future = producer.send(OUTPUTS, event)
+        except Exception:  # noqa: BLE001 - a full buffer or a closed producer must not fail the user
+            metrics.captured.labels("error").inc()
+            log.exception("capture of %s failed", completion_id)
+            return
+        future.add_callback(lambda _md: metrics.captured.labels("ok").inc())
+        future.add_errback(lambda _exc: metrics.captured.labels("error").inc())
+
+    def run(request: ChatRequest, version: str) -> list[Generation]:
+        return pool.generate([m.model_dump() for m in request.messages], version, n=request.n,
+                             max_tokens=min(request.max_tokens or max_tokens_default, max_tokens_limit),
+                             temperature=request.temperature, top_p=request.top_p, seed=request.seed)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Any, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), "model" if exc.status_code == 404 else None)
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: ChatRequest) -> Any:
+        if request.n > max_n:
+            return error(400, f"n must be at most {max_n}", "n")
+        version = resolve(request.model)
+        started = time.perf_counter()
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        try:
+            generations = await asyncio.to_thread(run, request, version)
+        except KeyError:  # the version was unloaded between routing and generation
+            version = router.choose()
+            generations = await asyncio.to_thread(run, request, version)
+        except Exception:
+            metrics.requests.labels(version, "error").inc()
+            raise
+        metrics.latency.labels(version).observe(time.perf_counter() - started)
+        metrics.requests.labels(version, "ok").inc()
+        metrics.tokens.labels(version).inc(sum(g.completion_tokens for g in generations))
+        capture(request, version, completion_id, generations)
+        created = int(time.time())
+        if request.stream:
+            return StreamingResponse(stream_chunks(completion_id, created, version, generations),
+                                     media_type="text/event-stream")
+        usage = sum(g.completion_tokens for g in generations)
+        return {
+            "id": completion_id, "object": "chat.completion", "created": created,
+            "model": served_model_name, "system_fingerprint": version,
+            "choices": [{"index": i, "finish_reason": g.finish_reason,
+                         "message": {"role": "assistant", "content": g.text}} for i, g in enumerate(generations)],
+            "usage": {"prompt_tokens": 0, "completion_tokens": usage, "total_tokens": usage},
+        }
+
+    async def stream_chunks(completion_id: str, created: int, version: str,
+                            generations: list[Generation]) -> AsyncIterator[str]:
+        def chunk(index: int, delta: dict[str, str], finish: str | None) -> str:
+            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                    "model": served_model_name, "system_fingerprint": version,
+                    "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+            return f"data: {json.dumps(body)}\n\n"
+
+        for index, generation in enumerate(generations):
+            yield chunk(index, {"role": "assistant", "content": ""}, None)
+            for piece in split_words(generation.text):
+                yield chunk(index, {"content": piece}, None)
+            yield chunk(index, {}, generation.finish_reason)
+        yield "data: [DONE]\n\n"
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        shares = router.shares()
+        data = [{"id": served_model_name, "object": "model", "owned_by": "rlhf-loop", "versions": shares}]
+        data += [{"id": v, "object": "model", "owned_by": "rlhf-loop", "traffic_share": shares.get(v, 0.0)}
+                 for v in pool.versions]
+        return {"object": "list", "data": data}
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ok, results = run_checks(readiness)
+        return JSONResponse(status_code=200 if ok else 503,
+                            content={"status": "ok" if ok else "unavailable", "checks": results})
+
+    return app
+
+
+def split_words(text: str) -> list[str]:
+    """Stream granularity: words with their leading space, as token streams look."""
+    pieces, current = [], ""
+    for char in text:
+        if char == " " and current:
+            pieces.append(current)
+            current = ""
+        current += char
+    if current:
+        pieces.append(current)
+    return pieces
+
+

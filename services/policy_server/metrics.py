@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class PolicyServerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("rlhf_policy_requests_total", "Chat completion requests by served version and status.",
+                                ["version", "status"], registry=registry)
+        self.latency = Histogram("rlhf_policy_request_duration_seconds", "Time to the full completion.",
+                                 ["version"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.tokens = Counter("rlhf_policy_completion_tokens_total", "Tokens generated, by version.",
+                              ["version"], registry=registry)
+        self.share = Gauge("rlhf_policy_traffic_share", "Configured traffic share per serving version (0..1).",
+                           ["version"], registry=registry)
+        self.rollbacks = Counter("rlhf_model_rollbacks_total",
+                                 "Rollbacks to the last good version, by reason (event, health_check).",
+                                 ["reason"], registry=registry)
+        self.captured = Counter("rlhf_policy_captured_total", "Completions captured to rlhf.outputs, by outcome.",
+                                ["outcome"], registry=registry)
+
+    def set_shares(self, shares: dict[str, float]) -> None:
+        self.share.clear()
+        for version, share in shares.items():
+            self.share.labels(version).set(share)

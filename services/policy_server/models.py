@@ -1,0 +1,114 @@
+"""The base policy with its LoRA adapters, one per served version.
+
+PEFT switches adapters on the model object itself, so generation is serialised by a
+lock: one request's adapter can never leak into another's. Loading a new adapter
+happens beside the serving ones and only then becomes routable, so a reload never
+drops a request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BASE_VERSION = "base"
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+class PolicyPool:
+    def __init__(self, base_model: Path, device: str | None = None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        self._base = AutoModelForCausalLM.from_pretrained(base_model).to(self.device).eval()
+        self._model = self._base  # becomes a PeftModel with the first adapter
+        self._adapters: dict[str, Path] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def versions(self) -> list[str]:
+        return [BASE_VERSION, *self._adapters]
+
+    def has(self, version: str) -> bool:
+        return version == BASE_VERSION or version in self._adapters
+
+    def load(self, version: str, adapter_dir: Path) -> None:
+        """Load an adapter under its version name (idempotent)."""
+        if version in self._adapters:
+            return
+        from peft import PeftModel
+
+        with self._lock:
+            if self._model is self._base:
+                self._model = PeftModel.from_pretrained(self._base, str(adapter_dir), adapter_name=version)
+            else:
+                self._model.load_adapter(str(adapter_dir), adapter_name=version)
+            self._model.eval()
+            self._adapters[version] = adapter_dir
+        log.info("loaded policy %s from %s", version, adapter_dir)
+
+    def unload(self, version: str) -> None:
+        if version not in self._adapters:
+            return
+        with self._lock:
+            self._model.delete_adapter(version)
+            del self._adapters[version]
+
+    def generate(self, messages: list[dict[str, str]], version: str, n: int, max_tokens: int,
+                 temperature: float, top_p: float, seed: int | None = None) -> list[Generation]:
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True)
+        input_ids = prompt["input_ids"].to(self.device)
+        attention = prompt["attention_mask"].to(self.device)
+        sample = temperature > 0
+        with self._lock, self._adapter(version), torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            output = self._model.generate(
+                input_ids=input_ids, attention_mask=attention, max_new_tokens=max_tokens,
+                do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
+                num_return_sequences=n, pad_token_id=self.tokenizer.pad_token_id,
+            )
+        results = []
+        for row in output[:, input_ids.shape[1]:]:
+            tokens = row.tolist()
+            eos = self.tokenizer.eos_token_id
+            finished = eos in tokens
+            if finished:
+                tokens = tokens[: tokens.index(eos)]
+            tokens = [t for t in tokens if t != self.tokenizer.pad_token_id]
+            results.append(Generation(self.tokenizer.decode(tokens, skip_special_tokens=True),
+                                      "stop" if finished else "length", len(tokens)))
+        return results
+
+    @contextmanager
+    def _adapter(self, version: str) -> Iterator[None]:
+        if version == BASE_VERSION:
+            if self._model is self._base:
+                yield
+            else:
+                with self._model.disable_adapter():
+                    yield
+            return
+        if version not in self._adapters:
+            raise KeyError(f"version {version!r} is not loaded")
+        self._model.set_adapter(version)
+        yield

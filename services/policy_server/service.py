@@ -1,0 +1,78 @@
+"""Wiring only: the policy pool and router, the HTTP API (uvicorn), and a consumer
+loop on rlhf.model-updates that drives reloads, all stopped in reverse order."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from shared.bus import ConsumerLoop, EventProducer
+from shared.bus.admin import ensure_topics
+from shared.observability.metrics import BusMetrics
+from shared.observability.probes import kafka_reachable, wait_until_reachable
+from shared.topics import MODEL_UPDATES, OUTPUTS, dead_letter_topic
+
+from .api import create_app
+from .metrics import PolicyServerMetrics
+from .models import PolicyPool
+from .routing import Router
+from .settings import PolicyServerSettings
+from .versions import VersionManager
+
+log = logging.getLogger(__name__)
+
+
+def base_model_path(settings: PolicyServerSettings) -> Path:
+    """The configured base model, or the demo's tiny one (built on first use)."""
+    if settings.policy_server.base_model:
+        return Path(settings.policy_server.base_model)
+    from services.trainer.tiny_models import ensure_tiny_models
+
+    root = Path(settings.data_dir) / "tiny-models"
+    ensure_tiny_models(root / "policy", root / "reward-base")
+    return root / "policy"
+
+
+def main(stop: threading.Event) -> None:
+    settings = PolicyServerSettings()
+    options = settings.policy_server
+    registry = CollectorRegistry()
+    bus_metrics, metrics = BusMetrics(registry), PolicyServerMetrics(registry)
+    registry_dir = Path(options.registry_dir or Path(settings.data_dir) / "registry")
+    pool = PolicyPool(base_model_path(settings))
+    router = Router(seed=options.canary_seed)
+    versions = VersionManager(pool, router, registry_dir, metrics, options.health_check_prompt,
+                              options.canary_graduate_after_s)
+    versions.start_from_registry()
+    wait_until_reachable(settings.kafka)
+    if settings.consumer.create_topics:
+        ensure_topics(settings.kafka, [(MODEL_UPDATES.name, MODEL_UPDATES.partitions),
+                                       (OUTPUTS.name, OUTPUTS.partitions), (dead_letter_topic(options.group_id), 1)])
+    with ExitStack() as stack:
+        # capture must never hold a request: a full buffer fails the send at once
+        producer = EventProducer(settings.kafka, bus_metrics, max_block_ms=100)
+        stack.callback(producer.close)
+        loop = ConsumerLoop(topics=[MODEL_UPDATES], group_id=options.group_id, handler=versions.handle,
+                            kafka=settings.kafka, consumer=settings.consumer, producer=producer,
+                            metrics=bus_metrics, stop=stop, ticker=versions, tick_interval_s=5.0)
+        stack.callback(loop.close)
+        app = create_app(pool=pool, router=router, metrics=metrics, registry=registry,
+                         served_model_name=options.served_model_name, max_tokens_default=options.max_tokens_default,
+                         max_tokens_limit=options.max_tokens_limit, max_n=options.max_n,
+                         producer=producer if options.capture else None,
+                         readiness={"kafka": kafka_reachable(settings.kafka)})
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
+                                               log_level="warning", timeout_graceful_shutdown=int(
+                                                   settings.consumer.shutdown_grace_s)))
+        http = threading.Thread(target=server.run, name="policy-http", daemon=True)
+        http.start()
+        stack.callback(http.join, 30)
+        stack.callback(setattr, server, "should_exit", True)
+        log.info("policy-server: serving %s on :%d", options.served_model_name, settings.http.port)
+        loop.run()  # until stop; in-flight HTTP requests finish during uvicorn's graceful shutdown
+    log.info("policy-server: stopped cleanly")

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import socket
+
+from pydantic import BaseModel, Field
+
+from shared.settings import ServiceSettings
+
+
+class PolicyServerOptions(BaseModel):
+    base_model: str = Field(default="", description="base policy directory; default DATA_DIR/tiny-models/policy")
+    registry_dir: str = Field(default="", description="default DATA_DIR/registry")
+    served_model_name: str = Field(default="rlhf-policy", min_length=1)
+    max_tokens_default: int = Field(default=64, ge=1)
+    max_tokens_limit: int = Field(default=512, ge=1)
+    max_n: int = Field(default=5, ge=1, le=16)
+    capture: bool = Field(default=True, description="capture every completion to rlhf.outputs")
+    canary_seed: int | None = Field(default=None, description="fixes the canary draw (tests, replays)")
+    canary_graduate_after_s: float = Field(
+        default=600.0, ge=0, description="a healthy canary takes all traffic after this long; 0 = never")
+    health_check_prompt: str = "Say hello."
+    group_id: str = Field(default_factory=lambda: f"policy-server-{socket.gethostname()}",
+                          description="own group per replica: every replica sees every model update")
+
+
+class PolicyServerSettings(ServiceSettings):
+    """Env: RLHF_POLICY_SERVER__BASE_MODEL, RLHF_POLICY_SERVER__CANARY_SEED, ..."""
+
+    policy_server: PolicyServerOptions = PolicyServerOptions()

@@ -1,0 +1,157 @@
+"""The policy server with real tiny models, real LoRA adapters, the real broker and the
+`openai` SDK as the client."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+
+import openai
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.policy_server.api import create_app
+from services.policy_server.metrics import PolicyServerMetrics
+from services.policy_server.models import BASE_VERSION, PolicyPool
+from services.policy_server.routing import Router
+from services.policy_server.versions import VersionManager
+from services.trainer.tiny_models import build_tiny_policy
+from shared.bus import EventProducer, PoisonMessage
+from shared.contracts import ModelOutput, ModelUpdate, model_update_id_for
+from shared.settings import KafkaSettings
+from shared.topics import OUTPUTS
+from tests.conftest import read_topic
+from tests.helpers.openai_stub import serve
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny base policy and two different LoRA adapters laid out as the trainer's registry."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("policy")
+    base = build_tiny_policy(root / "base")
+    registry = root / "registry"
+    for seed, version in enumerate(["policy-v0001", "policy-v0002"]):
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                          init_lora_weights=False, task_type="CAUSAL_LM"))
+        model.save_pretrained(registry / "policy" / version)
+    (registry / "base").symlink_to(base)
+    return registry
+
+
+def update(version: str, action: str, fraction: float = 1.0, previous: str | None = None) -> ModelUpdate:
+    return ModelUpdate(event_id=model_update_id_for(version, action), model_version=version, action=action,  # type: ignore[arg-type]
+                       base_model="tiny", canary_fraction=fraction, previous_version=previous)
+
+
+class Server:
+    def __init__(self, registry_dir: Path, kafka: KafkaSettings | None, seed: int = 7) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = PolicyServerMetrics(self.registry)
+        self.pool = PolicyPool(registry_dir / "base")
+        self.router = Router(seed=seed)
+        self.versions = VersionManager(self.pool, self.router, registry_dir, self.metrics, "hi", 0)
+        self.producer = EventProducer(kafka) if kafka else None
+        self.app = create_app(pool=self.pool, router=self.router, metrics=self.metrics, registry=self.registry,
+                              served_model_name="rlhf-policy", max_tokens_default=8, max_tokens_limit=32, max_n=5,
+                              producer=self.producer, readiness={})
+
+    def apply(self, event: ModelUpdate) -> None:
+        self.versions.handle(event, None)  # type: ignore[arg-type]
+
+
+def test_openai_sdk_non_streaming_and_streaming_with_capture(registry_dir: Path, kafka: KafkaSettings) -> None:
+    server = Server(registry_dir, kafka)
+    server.apply(update("policy-v0001", "promoted", 1.0))
+    with serve(server.app) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="unused")
+        reply = client.chat.completions.create(model="rlhf-policy", n=2, max_tokens=6, seed=1,
+                                               messages=[{"role": "user", "content": "how do I reset my password?"}])
+        assert len(reply.choices) == 2 and reply.system_fingerprint == "policy-v0001"
+        stream = client.chat.completions.create(model="rlhf-policy", max_tokens=6, stream=True,
+                                                messages=[{"role": "user", "content": "hello there"}])
+        chunks = list(stream)
+        models = client.models.list()
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert isinstance(streamed, str)
+    assert {m.id for m in models.data} >= {"rlhf-policy", BASE_VERSION, "policy-v0001"}
+    server.producer.flush()  # type: ignore[union-attr]
+    captured = [ModelOutput.model_validate_json(r.value) for r in read_topic(kafka, OUTPUTS.name, expected=10_000,
+                                                                               timeout_s=3)]
+    mine = [o for o in captured if o.client_request_id == reply.id]
+    assert len(mine) == 1
+    assert [c.text for c in mine[0].candidates] == [c.message.content for c in reply.choices]
+    assert {c.model.version for c in mine[0].candidates} == {"policy-v0001"}
+    assert mine[0].source == "policy_server"
+    server.producer.close()  # type: ignore[union-attr]
+
+
+def test_canary_split_within_tolerance_and_rollback(registry_dir: Path) -> None:
+    server = Server(registry_dir, None, seed=42)
+    server.apply(update("policy-v0001", "promoted", 1.0))
+    server.apply(update("policy-v0002", "promoted", 0.25))
+    assert server.router.shares() == {"policy-v0001": 0.75, "policy-v0002": 0.25}
+    picks = Counter(server.router.choose() for _ in range(4000))
+    assert abs(picks["policy-v0002"] / 4000 - 0.25) < 0.03
+    assert server.registry.get_sample_value("rlhf_policy_traffic_share", {"version": "policy-v0002"}) == 0.25
+    server.apply(update("policy-v0002", "rolled_back", previous="policy-v0001"))
+    assert server.router.shares() == {"policy-v0001": 1.0}
+    assert server.registry.get_sample_value("rlhf_model_rollbacks_total", {"reason": "event"}) == 1
+    assert "policy-v0002" not in server.pool.versions  # unloaded
+
+
+def test_reload_under_concurrent_requests_drops_nothing(registry_dir: Path) -> None:
+    server = Server(registry_dir, None)
+    errors: list[BaseException] = []
+    served: Counter[str] = Counter()
+    with serve(server.app) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    reply = client.chat.completions.create(model="rlhf-policy", max_tokens=4,
+                                                           messages=[{"role": "user", "content": "hi"}])
+                    served[reply.system_fingerprint or "?"] += 1
+                except BaseException as error:  # noqa: BLE001 - collected and asserted below
+                    errors.append(error)
+
+        workers = [threading.Thread(target=hammer) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        server.apply(update("policy-v0001", "promoted", 1.0))
+        server.apply(update("policy-v0002", "promoted", 0.5))
+        server.apply(update("policy-v0002", "rolled_back", previous="policy-v0001"))
+        server.apply(update("policy-v0002", "promoted", 1.0))
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert errors == []
+    assert sum(served.values()) > 0
+
+
+def test_promotion_of_a_missing_adapter_is_poison(registry_dir: Path) -> None:
+    server = Server(registry_dir, None)
+    with pytest.raises(PoisonMessage, match="no adapter"):
+        server.apply(update("policy-v0099", "promoted"))
+    assert server.router.shares() == {BASE_VERSION: 1.0}
+
+
+def test_unknown_model_is_404_and_too_many_choices_400(registry_dir: Path) -> None:
+    server = Server(registry_dir, None)
+    with serve(server.app) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="rlhf-policy", n=9, messages=[{"role": "user", "content": "hi"}])
