@@ -26,8 +26,12 @@ class EventProducer:
     partition and in order. `send` returns the broker future; `publish` waits for the
     acknowledgement (what an HTTP API needs before answering 202)."""
 
-    def __init__(self, settings: KafkaSettings, metrics: BusMetrics | None = None) -> None:
-        self._producer = KafkaProducer(**settings.producer_kwargs())
+    def __init__(
+        self, settings: KafkaSettings, metrics: BusMetrics | None = None, **overrides: Any
+    ) -> None:
+        # `overrides` are extra kafka-python producer options for one caller's needs,
+        # e.g. an HTTP API bounds `max_block_ms` by its own response deadline.
+        self._producer = KafkaProducer(**{**settings.producer_kwargs(), **overrides})
         self._metrics = metrics
         self._topic_metrics: dict[str, tuple[Any, Any]] = {}
 

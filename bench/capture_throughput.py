@@ -1,0 +1,207 @@
+"""Capture throughput: HTTP -> Kafka through the capture service against raw
+kafka-python producing the same events, same broker, same run.
+
+The service runs as its own process (`rlhf-loop run capture`, as in production); the
+load comes from this process through a minimal keep-alive HTTP/1.1 client on asyncio,
+so the client's own cost stays small next to the server's. Rows:
+  raw pipelined   - kafka-python send all + flush (the ceiling: no per-event wait)
+  raw acked       - kafka-python, C threads each sending one event and waiting for its
+                    ack (what "answer only after the ack" costs without HTTP)
+  http single     - POST /v1/outputs, C concurrent connections, 202 after the ack
+  http batch      - POST /v1/outputs/batch, B events per request, C connections
+Every row moves the same ~1.4 KB ModelOutput events (2 candidates).
+
+Run: .venv/bin/python -m bench.capture_throughput [--single 6000 --batch 30000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+
+from services.capture.mapping import to_model_output
+from services.capture.schema import OutputIn
+from shared.embedded.broker import EmbeddedBroker
+from shared.embedded.ports import free_port, wait_for_port
+from shared.settings import KafkaSettings
+from shared.topics import OUTPUTS
+
+RESULTS = Path(__file__).parent / "results" / "capture_throughput.json"
+TOKEN = "bench-token"
+
+
+def make_payloads(n: int, prefix: str) -> list[dict[str, Any]]:
+    filler = "lorem ipsum dolor sit amet " * 14
+    model = {"name": "bench", "version": "v1"}
+    return [{
+        "client_request_id": f"{prefix}-{i}",
+        "messages": [{"role": "user", "content": f"question {i}"}],
+        "candidates": [{"id": "a", "text": filler, "model": model}, {"id": "b", "text": filler[::-1], "model": model}],
+    } for i in range(n)]
+
+
+def raw_pipelined(kafka: KafkaSettings, payloads: list[dict[str, Any]]) -> float:
+    producer = KafkaProducer(**kafka.producer_kwargs())
+    started = time.perf_counter()
+    for p in payloads:  # building and serialising the event is work any producer does
+        event = to_model_output(OutputIn.model_validate(p))
+        producer.send(OUTPUTS.name, key=event.partition_key.encode(), value=event.to_json_bytes())
+    producer.flush()
+    elapsed = time.perf_counter() - started
+    producer.close()
+    return elapsed
+
+
+def raw_acked(kafka: KafkaSettings, payloads: list[dict[str, Any]], concurrency: int) -> float:
+    producer = KafkaProducer(**kafka.producer_kwargs())
+    shares = [payloads[i::concurrency] for i in range(concurrency)]
+
+    def work(share: list[dict[str, Any]]) -> None:
+        for p in share:
+            event = to_model_output(OutputIn.model_validate(p))
+            producer.send(OUTPUTS.name, key=event.partition_key.encode(), value=event.to_json_bytes()).get(30)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in shares]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    producer.close()
+    return elapsed
+
+
+async def _connection(port: int, requests: list[bytes]) -> int:
+    """One keep-alive connection sending its requests one after another; 202s seen."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ok = 0
+    for request in requests:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        ok += head.startswith(b"HTTP/1.1 202")
+    writer.close()
+    return ok
+
+
+def _request(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def http_run(port: int, bodies: list[bytes], path: str, concurrency: int) -> tuple[float, int]:
+    requests = [_request(path, b) for b in bodies]
+    shares = [requests[i::concurrency] for i in range(concurrency)]
+
+    async def go() -> int:
+        return sum(await asyncio.gather(*(_connection(port, s) for s in shares)))
+
+    started = time.perf_counter()
+    ok = asyncio.run(go())
+    return time.perf_counter() - started, ok
+
+
+def start_service(broker: EmbeddedBroker, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
+    env.update(RLHF_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers, RLHF_HTTP__HOST="127.0.0.1",
+               RLHF_HTTP__PORT=str(port), RLHF_CAPTURE__TOKEN=TOKEN, RLHF_LOG_LEVEL="WARNING")
+    process = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "capture"], env=env)
+    if not wait_for_port("127.0.0.1", port, 30):
+        process.kill()
+        raise SystemExit("capture service did not start")
+    return process
+
+
+def accepted_by_service(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("rlhf_capture_events_accepted_total{"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--single", type=int, default=6000, help="events through POST /v1/outputs")
+    parser.add_argument("--batch", type=int, default=30000, help="events through the batch endpoint")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=16, help="connections for the single endpoint")
+    parser.add_argument("--batch-concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with EmbeddedBroker() as broker:
+        kafka = broker.kafka_settings()
+        port = free_port()
+        service = start_service(broker, port)
+        try:
+            best: dict[str, float] = {}
+            counts = {"raw_pipelined": args.batch, "raw_acked": args.single,
+                      "http_single": args.single, "http_batch": args.batch}
+            sent = 0
+            for r in range(args.rounds):
+                single = [json.dumps(p).encode() for p in make_payloads(args.single, f"s{r}")]
+                items = make_payloads(args.batch, f"b{r}")
+                batches = [json.dumps({"items": items[i:i + args.batch_size]}).encode()
+                           for i in range(0, len(items), args.batch_size)]
+                http_run(port, single[:200], "/v1/outputs", 4)  # warm-up: connections, metadata
+                sent += 200
+                single_s, single_ok = http_run(port, single, "/v1/outputs", args.concurrency)
+                batch_s, batch_ok = http_run(port, batches, "/v1/outputs/batch", args.batch_concurrency)
+                assert single_ok == len(single) and batch_ok == len(batches), (single_ok, batch_ok)
+                sent += len(single) + len(items)
+                timings = {"raw_pipelined": raw_pipelined(kafka, make_payloads(args.batch, f"rp{r}")),
+                           "raw_acked": raw_acked(kafka, make_payloads(args.single, f"ra{r}"), args.concurrency),
+                           "http_single": single_s, "http_batch": batch_s}
+                for name, seconds in timings.items():
+                    best[name] = min(best.get(name, float("inf")), seconds)
+            stored = accepted_by_service(port)
+            assert stored == sent, f"service acknowledged {stored} events, bench sent {sent}"
+        finally:
+            service.terminate()
+            service.wait(30)
+    rates = {name: counts[name] / seconds for name, seconds in best.items()}
+    size = len(to_model_output(OutputIn.model_validate(make_payloads(1, "size")[0])).to_json_bytes())
+    result = {
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.python_implementation()} "
+                   f"{platform.python_version()}",
+        "event_bytes": size,
+        "events": counts,
+        "concurrency": {"single": args.concurrency, "batch": args.batch_concurrency, "batch_size": args.batch_size},
+        "events_per_s": {k: round(v) for k, v in rates.items()},
+        "ratio_to_raw_pipelined": {k: round(rates[k] / rates["raw_pipelined"], 3)
+                                   for k in ("http_single", "http_batch", "raw_acked")},
+        "ratio_single_to_raw_acked": round(rates["http_single"] / rates["raw_acked"], 3),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"capture throughput, events of {size} B, best of {args.rounds} (Tansu, lz4, acks=all)")
+    print(f"{'path':<44}{'events/s':>10}{'vs raw pipelined':>18}")
+    labels = {
+        "raw_pipelined": "raw kafka-python, send all + flush",
+        "raw_acked": f"raw kafka-python, {args.concurrency} threads, wait each ack",
+        "http_single": f"POST /v1/outputs, {args.concurrency} connections",
+        "http_batch": f"POST /v1/outputs/batch x{args.batch_size}, {args.batch_concurrency} conns",
+    }
+    for key, label in labels.items():
+        print(f"{label:<44}{rates[key]:>10,.0f}{rates[key] / rates['raw_pipelined']:>18.2f}")
+    print(f"http single vs raw acked at the same concurrency: {result['ratio_single_to_raw_acked']:.2f}")
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""create_app: the capture service's FastAPI app, everything it needs passed in."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from shared.bus import EventProducer
+from shared.observability.probes import kafka_reachable
+from shared.topics import OUTPUTS, Topic
+
+from .api import BATCH_PATH, OUTPUTS_PATH, ingest_router
+from .auth import token_checker
+from .background import BackgroundCapture
+from .metrics import CaptureMetrics, RequestMetricsMiddleware
+from .ops import ops_router
+from .proxy import CHAT_PATH, proxy_router, upstream_client
+from .publisher import OutputPublisher
+from .settings import CaptureSettings
+
+
+def create_app(
+    settings: CaptureSettings,
+    producer: EventProducer,
+    registry: CollectorRegistry,
+    *,
+    topic: Topic = OUTPUTS,
+) -> FastAPI:
+    """The app; the caller owns (and closes) `producer`. The proxy's writer thread and
+    upstream client live with the app's lifespan."""
+    options = settings.capture
+    metrics = CaptureMetrics(registry)
+    check_token = token_checker(options.token, options.auth_disabled)
+    publisher = OutputPublisher(producer, topic, options.publish_timeout_s)
+    proxy_on = options.proxy_upstream_url is not None
+    capture = BackgroundCapture(publisher, metrics, options.proxy_queue_size) if proxy_on else None
+    client = upstream_client(options) if proxy_on else None
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if capture is not None:
+            capture.start()
+        try:
+            yield
+        finally:
+            if client is not None:
+                await client.aclose()
+            if capture is not None:
+                capture.stop(timeout_s=options.publish_timeout_s + 1)
+
+    app = FastAPI(title="rlhf-loop capture", version="1", lifespan=lifespan)
+    app.include_router(ops_router(
+        registry,
+        # Answering at all is the liveness signal of an HTTP service: a wedged event
+        # loop never gets here, and the probe times out.
+        liveness={"event_loop": lambda: True},
+        readiness={"kafka": kafka_reachable(settings.kafka)},
+    ))
+    app.include_router(ingest_router(options, publisher, metrics, check_token))
+    endpoints = [OUTPUTS_PATH, BATCH_PATH, "/metrics", "/healthz", "/readyz"]
+    if capture is not None and client is not None:
+        app.include_router(proxy_router(options, client, capture, metrics, check_token))
+        endpoints.append(CHAT_PATH)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=endpoints)
+    return app

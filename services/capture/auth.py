@@ -1,0 +1,61 @@
+"""Bearer-token auth for the ingest API, and where the token comes from.
+
+The token is a SecretStr from settings (a Kubernetes Secret in production) and is
+compared in constant time. It is never logged; only the file that holds a generated
+token is named.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import HTTPException, Request
+from pydantic import SecretStr
+
+from .settings import CaptureSettings
+
+log = logging.getLogger(__name__)
+
+
+def token_checker(token: SecretStr | None, disabled: bool) -> Callable[[Request], None]:
+    """A FastAPI dependency raising 401 unless the request carries the bearer token."""
+    if disabled:
+        def open_door(request: Request) -> None:  # annotated: FastAPI reads the signature
+            return None
+
+        return open_door
+    if token is None or not token.get_secret_value():
+        raise ValueError("set RLHF_CAPTURE__TOKEN, or RLHF_CAPTURE__AUTH_DISABLED=true for local use")
+    expected = token.get_secret_value().encode("utf-8")
+
+    def check(request: Request) -> None:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(presented.strip().encode("utf-8"), expected):
+            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def with_token(settings: CaptureSettings) -> CaptureSettings:
+    """Settings with a token: the configured one, or one generated once into
+    DATA_DIR/capture/token (0600) so `rlhf-loop up` works without setup and stays
+    closed to anyone who cannot read that file."""
+    options = settings.capture
+    if options.auth_disabled or options.token is not None:
+        return settings
+    path = Path(settings.data_dir) / "capture" / "token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # kept across restarts, so clients need not be reconfigured
+        log.info("RLHF_CAPTURE__TOKEN is not set: using the token in %s", path)
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+        log.warning("RLHF_CAPTURE__TOKEN is not set: generated a token in %s", path)
+    token = SecretStr(path.read_text().strip())
+    return settings.model_copy(update={"capture": options.model_copy(update={"token": token})})
