@@ -7,6 +7,7 @@ picked up when the registry pointer changes (checked at most every `refresh_s`).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -75,3 +76,19 @@ def directory_locator(directory: str | None) -> ModelLocator:
     """A fixed directory (or none): for setups without a registry."""
     path = Path(directory) if directory else None
     return lambda: path if path is not None and (path / "config.json").exists() else None
+
+
+def registry_locator(registry_dir: str | Path, pointer: str = "promoted") -> ModelLocator:
+    """The trainer registry's promoted reward model (`reward/<pointer>.json` names the
+    version directory); None until the trainer has promoted one."""
+    root = Path(registry_dir) / "reward"
+
+    def locate() -> Path | None:
+        pointer_file = root / f"{pointer}.json"
+        if not pointer_file.exists():
+            return None
+        version = json.loads(pointer_file.read_text())["version"]
+        path = root / version
+        return path if (path / "config.json").exists() else None
+
+    return locate

@@ -15,7 +15,7 @@ from .handlers import Sampler
 from .metrics import SamplerMetrics
 from .novelty import MiniLMEncoder, NoveltyMemory
 from .redaction import Redactor
-from .reward_scorer import RewardScorer, directory_locator
+from .reward_scorer import RewardScorer, directory_locator, registry_locator
 from .settings import SamplerSettings
 from .store import SamplerStore
 
@@ -26,7 +26,9 @@ def build_sampler(settings: SamplerSettings, registry: CollectorRegistry) -> Sam
     strategies = {rule.strategy for rule in options.rules}
     reward = None
     if "uncertainty" in strategies:
-        reward = RewardScorer(directory_locator(options.reward_model_dir), refresh_s=options.reward_refresh_s)
+        locate = (directory_locator(options.reward_model_dir) if options.reward_model_dir
+                  else registry_locator(options.registry_dir or Path(settings.data_dir) / "registry"))
+        reward = RewardScorer(locate, refresh_s=options.reward_refresh_s)
     novelty = NoveltyMemory(MiniLMEncoder(), options.novelty_memory) if "novelty" in strategies else None
     completer = None
     if options.completion.endpoints:

@@ -121,3 +121,17 @@ def test_completion_timeout_per_endpoint(tmp_path: Path) -> None:
         completer.close()
     assert len(task.candidates) == 2  # goes out with what it has
     assert outcomes == [("slow", "error")]
+
+
+def test_registry_locator_follows_the_promoted_pointer(tmp_path: Path, tiny_reward_model: Path) -> None:
+    import json
+    import shutil
+
+    from services.sampler.reward_scorer import registry_locator
+
+    locate = registry_locator(tmp_path)
+    assert locate() is None  # nothing promoted yet
+    (tmp_path / "reward").mkdir()
+    shutil.copytree(tiny_reward_model, tmp_path / "reward" / "rm-v0001")
+    (tmp_path / "reward" / "promoted.json").write_text(json.dumps({"version": "rm-v0001"}))
+    assert locate() == tmp_path / "reward" / "rm-v0001"

@@ -1,0 +1,1 @@
+"""Offline model preparation (nothing is downloaded from a model hub)."""
