@@ -6,7 +6,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv up test bench clean
+.PHONY: venv argilla-venv tools up test bench clean
 
 # torch first, pinned to the CPU build this machine ships, so that no dependency's
 # looser range can pull a multi-GB CUDA build from the index.
@@ -18,14 +18,29 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-up: venv
+# argilla-server 2.8.0 needs its own venv (it pins pydantic~=2.9; click<8.2 or its CLI
+# crashes). Idempotent: ~1 s when .venv-argilla exists.
+argilla-venv: venv
+	$(VENV)/bin/python -m shared.embedded.argilla_venv
+
+# Debian's prometheus package: promtool for the alert-rule tests, the server for the
+# end-to-end scraping test. Installed only when missing (needs root, as in CI).
+tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "missing promtool: run 'sudo apt-get install prometheus' once"; exit 1; \
+	  fi; }
+
+up: venv argilla-venv
 	$(VENV)/bin/rlhf-loop up
 
-test: venv
+test: venv argilla-venv tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
 	$(VENV)/bin/python -m bench.bus_throughput
 
 clean:
-	rm -rf $(VENV) .rlhf-loop .pytest_cache
+	rm -rf $(VENV) .venv-argilla .rlhf-loop .pytest_cache

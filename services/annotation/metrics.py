@@ -1,0 +1,44 @@
+"""The annotation service's metrics, on a registry that is passed in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class AnnotationMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pushed = Counter(
+            "rlhf_annotation_records_pushed_total",
+            "Ranking tasks written to Argilla (redeliveries update the same record).",
+            ["candidates"], registry=registry)
+        self.collected = Counter(
+            "rlhf_annotation_records_collected_total",
+            "Completed records turned into a ranking.", registry=registry)
+        self.discarded = Counter(
+            "rlhf_annotation_records_discarded_total",
+            "Completed records that yielded nothing; reason: no_submitted_response, malformed, not_a_task.",
+            ["reason"], registry=registry)
+        self.malformed_responses = Counter(
+            "rlhf_annotation_responses_malformed_total",
+            "Submitted responses skipped because they do not rank exactly the task's candidates.",
+            registry=registry)
+        self.preferences = Counter(
+            "rlhf_annotation_preferences_total",
+            "Preference pairs published.", registry=registry)
+        self.ties = Counter(
+            "rlhf_annotation_tied_pairs_total",
+            "Candidate pairs with equal aggregated scores (no preference produced).", registry=registry)
+        self.agreement = Histogram(
+            "rlhf_annotation_pairwise_agreement",
+            "Per record with 2+ annotators: share of candidate pairs two annotators order alike.",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=registry)
+        self.poll_errors = Counter(
+            "rlhf_annotation_poll_errors_total",
+            "Collector polls that failed (Argilla or Kafka unavailable); retried next poll.",
+            registry=registry)
+        self.last_poll = Gauge(
+            "rlhf_annotation_last_successful_poll_timestamp_seconds",
+            "Unix time of the collector's last successful poll.", registry=registry)
+        self.watermark = Gauge(
+            "rlhf_annotation_watermark_timestamp_seconds",
+            "Record update time up to which completed records were collected.", registry=registry)

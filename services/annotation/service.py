@@ -1,0 +1,102 @@
+"""Wiring only: settings -> Argilla (given or embedded) -> pusher on the consumer loop,
+collector on a schedule -> runner."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import argilla as rg
+from prometheus_client import CollectorRegistry
+
+from services.runner import ConsumerSpec, run_consumer_service
+from shared.bus import EventProducer
+from shared.topics import PREFERENCES, RANKING_TASKS, RANKINGS
+
+from .argilla_api import ArgillaRest
+from .collector import Collector
+from .datasets import RankingDatasets
+from .jobs import collect_now, schedule_webhook_registration, start_collector_schedule
+from .metrics import AnnotationMetrics
+from .pusher import Pusher
+from .settings import AnnotationSettings
+from .state import CollectorState
+from .webhooks import PATH as WEBHOOK_PATH
+from .webhooks import WebhookListener
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArgillaEndpoint:
+    url: str
+    api_key: str
+
+
+def argilla_endpoint(settings: AnnotationSettings, stack: ExitStack) -> ArgillaEndpoint:
+    """The configured Argilla, or an embedded one when no URL is set (laptop, `up`)."""
+    options = settings.annotation
+    if options.argilla_url:
+        if not options.api_key.get_secret_value():
+            raise ValueError("RLHF_ANNOTATION__API_KEY is required with RLHF_ANNOTATION__ARGILLA_URL")
+        return ArgillaEndpoint(options.argilla_url, options.api_key.get_secret_value())
+    from shared.embedded.argilla import EmbeddedArgilla
+
+    embedded = EmbeddedArgilla(Path(settings.data_dir) / "argilla", workspace=options.workspace,
+                               annotators=tuple(options.annotators))
+    stack.enter_context(embedded)
+    log.info("embedded Argilla at %s; annotator logins in %s", embedded.url,
+             embedded.data_dir / "credentials.json")
+    return ArgillaEndpoint(embedded.url, embedded.api_key)
+
+
+def build_spec(settings: AnnotationSettings, pusher: Pusher) -> ConsumerSpec:
+    return ConsumerSpec(
+        name="annotation",
+        group_id=settings.annotation.group_id,
+        topics=[RANKING_TASKS],
+        handler=pusher,
+        produces=[RANKINGS, PREFERENCES],
+    )
+
+
+# Per-request INFO lines from the SDK, httpx and every scheduled poll would drown the
+# service's own log; their warnings and errors still show.
+CHATTY_LOGGERS = ("httpx", "argilla.sdk", "apscheduler.executors.default", "apscheduler.scheduler")
+
+
+def main(stop: threading.Event, settings: AnnotationSettings | None = None,
+         registry: CollectorRegistry | None = None) -> None:
+    settings = settings or AnnotationSettings()
+    options = settings.annotation
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = AnnotationMetrics(registry)
+    with ExitStack() as stack:
+        endpoint = argilla_endpoint(settings, stack)
+        datasets = RankingDatasets(
+            lambda: rg.Argilla(api_url=endpoint.url, api_key=endpoint.api_key, timeout=int(options.request_timeout_s)),
+            options,
+        )
+        rest = ArgillaRest(endpoint.url, endpoint.api_key, options.request_timeout_s)
+        stack.callback(rest.close)
+        producer = EventProducer(settings.kafka)
+        stack.callback(producer.close)
+        state = CollectorState(Path(settings.data_dir) / "annotation" / "collector.sqlite")
+        stack.callback(state.close)
+        collector = Collector(datasets, rest, producer, state, metrics, guideline_version=options.version,
+                              overlap_s=options.poll_overlap_s, page_size=options.page_size)
+        scheduler = start_collector_schedule(collector, options.poll_interval_s)
+        stack.callback(scheduler.shutdown, wait=True)
+        if options.webhooks:
+            listener = WebhookListener(options.webhook_host, options.webhook_port,
+                                       on_event=lambda: collect_now(scheduler)).start()
+            stack.callback(listener.stop)
+            url = options.webhook_url or f"http://127.0.0.1:{listener.port}{WEBHOOK_PATH}"
+            schedule_webhook_registration(scheduler, datasets, listener, url)
+        pusher = Pusher(datasets, rest, options.version, metrics)
+        run_consumer_service(build_spec(settings, pusher), settings, stop, registry=registry)

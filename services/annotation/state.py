@@ -1,0 +1,66 @@
+"""The collector's durable state: the watermark and what it already published.
+
+A small SQLite file under the data dir. The watermark bounds each poll (records
+updated since it, minus an overlap); the published table makes the overlap harmless:
+a record is published again only when its responses changed (a new revision). Both
+are written only after the broker acknowledged the events, so a crash in between
+re-publishes (same deterministic ids, dropped downstream) instead of losing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class CollectorState:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.executescript("""
+            PRAGMA journal_mode=WAL;
+            CREATE TABLE IF NOT EXISTS watermark (dataset TEXT PRIMARY KEY, updated_at TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS published (
+                record_id TEXT PRIMARY KEY, revision TEXT NOT NULL, published_at TEXT NOT NULL);
+        """)
+
+    def watermark(self, dataset: str) -> datetime:
+        with self._lock:
+            row = self._db.execute("SELECT updated_at FROM watermark WHERE dataset = ?", (dataset,)).fetchone()
+        return datetime.fromisoformat(row[0]) if row else EPOCH
+
+    def is_published(self, record_id: str, revision: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT revision FROM published WHERE record_id = ?", (record_id,)).fetchone()
+        return row is not None and row[0] == revision
+
+    def mark(self, dataset: str, published: list[tuple[str, str]], watermark: datetime) -> None:
+        """Record what was published and move the watermark forward, in one transaction."""
+        now = datetime.now(timezone.utc).isoformat()
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO published (record_id, revision, published_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(record_id) DO UPDATE SET revision = excluded.revision, "
+                    "published_at = excluded.published_at",
+                    [(rid, rev, now) for rid, rev in published],
+                )
+                self._db.execute(
+                    "INSERT INTO watermark (dataset, updated_at) VALUES (?, ?) "
+                    "ON CONFLICT(dataset) DO UPDATE SET updated_at = MAX(updated_at, excluded.updated_at)",
+                    (dataset, watermark.astimezone(timezone.utc).isoformat()),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
