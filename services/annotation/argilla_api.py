@@ -87,5 +87,10 @@ class ArgillaRest:
         `records.log` does underneath, without its progress bars)."""
         self._request("PUT", f"/api/v1/datasets/{dataset_id}/records/bulk", json={"items": records})
 
+    def pending_count(self, dataset_id: str) -> int:
+        """Records still waiting for enough submitted responses (Argilla's progress)."""
+        progress = self._request("GET", f"/api/v1/datasets/{dataset_id}/progress")
+        return int((progress or {}).get("pending") or 0)
+
     def record(self, record_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/api/v1/records/{record_id}", params={"include": "responses"}))

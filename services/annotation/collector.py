@@ -64,9 +64,11 @@ class Collector:
         Raises DependencyUnavailable (Argilla) or KafkaError (broker): nothing is marked
         then, so the next poll does the same work again."""
         with self._lock:
-            published = 0
+            published = pending = 0
             for dataset in self._datasets.existing().values():
                 published += self._poll_dataset(dataset.name, str(dataset.id))
+                pending += self._rest.pending_count(str(dataset.id))
+            self._metrics.pending.set(pending)
             self._metrics.last_poll.set(time.time())
             return published
 

@@ -39,6 +39,10 @@ class AnnotationMetrics:
         self.last_poll = Gauge(
             "rlhf_annotation_last_successful_poll_timestamp_seconds",
             "Unix time of the collector's last successful poll.", registry=registry)
+        self.pending = Gauge(
+            "rlhf_annotation_tasks_pending",
+            "Records in Argilla still waiting for their rankings (the annotation backlog).",
+            registry=registry)
         self.watermark = Gauge(
             "rlhf_annotation_watermark_timestamp_seconds",
             "Record update time up to which completed records were collected.", registry=registry)

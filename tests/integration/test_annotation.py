@@ -214,9 +214,11 @@ def test_each_completed_record_yields_exactly_one_ranking_and_its_preferences(
         setup.pusher.push(task)
     dataset = setup.datasets.ensure(3)
     assert setup.collector.poll() == 0  # nothing completed yet
+    assert setup.metric("rlhf_annotation_tasks_pending") == 2
     with annotator(argilla) as person:
         assert person.annotate(str(dataset.id)) == 2
     assert setup.collector.poll() == 2
+    assert setup.metric("rlhf_annotation_tasks_pending") == 0
     assert setup.collector.poll() == 0  # the overlap re-reads them; the state skips them
     rankings = events(kafka, setup.collector._rankings_topic, 2)
     preferences = events(kafka, setup.collector._preferences_topic, 6)
