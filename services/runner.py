@@ -44,8 +44,12 @@ def run_consumer_service(
     *,
     registry: CollectorRegistry | None = None,
     on_started: Callable[[HealthServer], None] | None = None,
+    http_server: Callable[..., HealthServer] = HealthServer,
 ) -> None:
-    """Run `spec` until `stop` is set; cleanup happens in reverse order of set-up."""
+    """Run `spec` until `stop` is set; cleanup happens in reverse order of set-up.
+
+    `http_server` builds the /metrics /healthz /readyz server; a service that serves
+    more routes passes a HealthServer subclass (e.g. the trainer's run API)."""
     registry = registry if registry is not None else CollectorRegistry()
     metrics = BusMetrics(registry)
     wait_until_reachable(settings.kafka)
@@ -69,7 +73,7 @@ def run_consumer_service(
         )
         stack.callback(loop.close)
         stall_limit_s = settings.kafka.max_poll_interval_ms / 1000
-        health = HealthServer(
+        health = http_server(
             registry,
             settings.http.host,
             settings.http.port,

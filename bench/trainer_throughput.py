@@ -1,0 +1,268 @@
+"""Trainer throughput: our training steps against raw TRL, same tiny model, same data,
+same run.
+
+  reward model - RewardTrainer on prompt/chosen/rejected pairs     (pairs/s)
+  PPO          - PPOTrainer, LoRA policy, value + reward model      (episodes/s)
+
+The machine's 2 cores are shared, so timings are noisy: best and median of
+`--rounds` are both reported. Both sides do the same work end to end (load models, build the trainer, train,
+save); ours goes through services.trainer (config dataclass -> step function),
+raw TRL is the same calls written inline. Rounds alternate which side goes first.
+Memory: peak RSS; RSS after each of 3 consecutive full cycles run in-process (RM +
+PPO + evaluation, as a job process runs them); and the coordinator's RSS after each
+of 3 runs launched as job processes, the way the service runs them.
+
+Run: .venv/bin/python -m bench.trainer_throughput [--pairs 256 --episodes 64 --rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = Path(__file__).parent / "results" / "trainer_throughput.json"
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_rows(n: int) -> list[dict[str, Any]]:
+    from services.trainer.reward_model import pair_rows
+    from services.trainer.store import PreferenceRow
+
+    prefs = [PreferenceRow(seq=i, preference_id=str(i), prompt=[{"role": "user", "content": f"question number {i}?"}],
+                           prompt_hash=str(i), chosen=f"here is a helpful answer {i} with detail",
+                           rejected="I am sorry, I cannot help", margin=1.0, guideline_version="g1",
+                           created_at="2026-01-01T00:00:00+00:00") for i in range(n)]
+    return pair_rows(prefs)
+
+
+def common() -> dict[str, Any]:
+    from services.trainer.device import resolve_device, trl_common_args
+
+    return trl_common_args(resolve_device())
+
+
+# -- reward model ---------------------------------------------------------------------
+
+def raw_rm(init: str, out: Path, rows: list[dict[str, Any]], batch: int) -> float:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    started = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(init)
+    model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
+    args = RewardConfig(output_dir=str(out / "_t"), num_train_epochs=1, per_device_train_batch_size=batch,
+                        learning_rate=1e-4, max_length=128, **common())
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer.train()
+    trainer.save_model(str(out))
+    elapsed = time.perf_counter() - started
+    del trainer, model
+    return elapsed
+
+
+def our_rm(init: str, out: Path, rows: list[dict[str, Any]], batch: int) -> float:
+    from services.trainer.reward_model import RewardModelConfig, train_reward_model
+
+    started = time.perf_counter()
+    train_reward_model(RewardModelConfig(init_path=init, output_dir=out, batch_size=batch, learning_rate=1e-4,
+                                         max_length=128), rows)
+    return time.perf_counter() - started
+
+
+# -- PPO ------------------------------------------------------------------------------
+
+def raw_ppo(policy_path: str, rm_path: str, out: Path, prompts: list[Any], episodes: int, batch: int) -> float:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    started = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    tok.padding_side = "left"
+    policy = AutoModelForCausalLM.from_pretrained(policy_path)
+    reward = AutoModelForSequenceClassification.from_pretrained(rm_path, num_labels=1)
+    value = AutoModelForSequenceClassification.from_pretrained(rm_path, num_labels=1)
+    ds = Dataset.from_list([{"input_ids": tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True,
+                                                                  return_dict=False)} for p in prompts])
+    args = PPOConfig(output_dir=str(out / "_t"), per_device_train_batch_size=batch, num_mini_batches=1,
+                     total_episodes=episodes, response_length=32, learning_rate=1e-5, kl_coef=0.05, stop_token="eos",
+                     missing_eos_penalty=1.0, num_sample_generations=0, **common())
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
+                         train_dataset=ds, value_model=value, peft_config=lora)
+    trainer.train()
+    trainer.save_model(str(out))
+    value.save_pretrained(str(out / "value"))
+    elapsed = time.perf_counter() - started
+    del trainer, policy, reward, value
+    return elapsed
+
+
+def our_ppo(policy_path: str, rm_path: str, out: Path, prompts: list[Any], episodes: int, batch: int) -> float:
+    from services.trainer.policy.base import PolicyData, PolicyTrainConfig
+    from services.trainer.policy.ppo import PpoOptimizer
+    from services.trainer.settings import Hyperparameters
+
+    hyper = Hyperparameters(ppo_episodes=episodes, policy_batch_size=batch, response_length=32, max_length=256,
+                            policy_learning_rate=1e-5)
+    started = time.perf_counter()
+    PpoOptimizer().train(PolicyTrainConfig(base_model=policy_path, reward_model=rm_path, output_dir=out, hyper=hyper),
+                         PolicyData(prompts=prompts, pairs=[]))
+    return time.perf_counter() - started
+
+
+# -- cycles ---------------------------------------------------------------------------
+
+def full_cycles(root: Path, policy_path: str, rm_base: str, n_pairs: int, episodes: int, cycles: int) -> list[float]:
+    """`cycles` complete runs through the pipeline in this process (store -> RM -> PPO ->
+    gates -> registry); RSS after each, models released between cycles."""
+    from services.trainer.pipeline import TrainingRun
+    from services.trainer.registry import ModelRegistry
+    from services.trainer.reporting import RunReporter
+    from services.trainer.settings import TrainerSettings
+    from services.trainer.store import PreferenceStore
+    from tests.trainer_support import LENIENT_GATES, make_preference
+
+    settings = TrainerSettings(data_dir=str(root), trainer={
+        "base_model": policy_path, "reward_base_model": rm_base, "gates": LENIENT_GATES,
+        "hyper": {"ppo_episodes": episodes, "response_length": 32, "max_length": 128}})
+    store = PreferenceStore(root / "store.sqlite")
+    registry = ModelRegistry(root / "registry")
+    reporter = RunReporter(store, lambda topic, event: None, settings.trainer)  # no broker: events dropped
+    after: list[float] = []
+    for cycle in range(cycles):
+        for i in range(n_pairs):
+            store.add_preference(make_preference(cycle * n_pairs + i))
+        run_id = f"bench-{cycle}"
+        store.create_run(run_id, "bench", store.max_seq(), n_pairs)
+        store.try_lock(run_id, 600)
+        TrainingRun(run_id=run_id, watermark=store.max_seq(), options=settings.trainer, store=store,
+                    registry=registry, reporter=reporter).execute()
+        store.release_lock(run_id)
+        gc.collect()
+        after.append(round(rss_mb(), 1))
+    store.close()
+    return after
+
+
+def daemon_cycles(root: Path, policy_path: str, rm_base: str, cycles: int) -> list[float]:
+    """The service side: `cycles` runs through the coordinator, each in a job process
+    (real embedded broker for the events); the coordinator's RSS after each."""
+    from prometheus_client import CollectorRegistry
+
+    from services.trainer.service import build_coordinator, open_store, topics
+    from shared.bus import EventProducer
+    from shared.bus.admin import ensure_topics
+    from shared.embedded.broker import EmbeddedBroker
+    from services.trainer.metrics import TrainerMetrics
+    from tests.trainer_support import make_preference, trainer_settings
+
+    after: list[float] = []
+    with EmbeddedBroker() as broker:
+        kafka = broker.kafka_settings()
+        settings = trainer_settings(root, kafka, (Path(policy_path), Path(rm_base)))
+        ensure_topics(kafka, [(t.name, t.partitions) for t in topics(settings).values()])
+        store, producer = open_store(settings), EventProducer(kafka)
+        coordinator = build_coordinator(settings, store, producer, TrainerMetrics(CollectorRegistry()))
+        for cycle in range(cycles):
+            for i in range(24):
+                store.add_preference(make_preference(cycle * 24 + i))
+            state = coordinator.wait(coordinator.start_run("bench"), 600)
+            assert state == "succeeded", state
+            gc.collect()
+            after.append(round(rss_mb(), 1))
+        producer.close()
+        store.close()
+    return after
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=1024)
+    parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cycles", type=int, default=3)
+    args = parser.parse_args()
+
+    from services.trainer.tiny_models import build_tiny_models
+
+    root = Path(tempfile.mkdtemp(prefix="trainer-bench-"))
+    try:
+        policy, rm_base = (str(p) for p in build_tiny_models(root / "models"))
+        rows = make_rows(args.pairs)
+        prompts = [r["prompt"] for r in rows]
+        rss_start = rss_mb()
+        times: dict[str, list[float]] = {}
+        for r in range(args.rounds):
+            sides = [("raw", raw_rm, raw_ppo), ("ours", our_rm, our_ppo)]
+            for name, rm_fn, ppo_fn in (sides if r % 2 == 0 else sides[::-1]):
+                rm_out = root / f"rm-{name}-{r}"
+                times.setdefault(f"{name}_rm", []).append(rm_fn(rm_base, rm_out, rows, args.batch))
+                times.setdefault(f"{name}_ppo", []).append(
+                    ppo_fn(policy, str(rm_out), root / f"ppo-{name}-{r}", prompts[: args.episodes * 2],
+                           args.episodes, args.batch))
+                gc.collect()
+        daemon_start = rss_mb()
+        daemon = daemon_cycles(root / "daemon", policy, rm_base, args.cycles)
+        cycles = full_cycles(root / "cycles", policy, rm_base, min(args.pairs, 64), args.episodes, args.cycles)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    best = {k: min(v) for k, v in times.items()}
+    median = {k: statistics.median(v) for k, v in times.items()}
+    rates = {
+        "rm_pairs_per_s": {"raw_trl": args.pairs / best["raw_rm"], "ours": args.pairs / best["ours_rm"]},
+        "ppo_episodes_per_s": {"raw_trl": args.episodes / best["raw_ppo"], "ours": args.episodes / best["ours_ppo"]},
+    }
+    median_ratio = {"rm_pairs_per_s": median["raw_rm"] / median["ours_rm"],
+                    "ppo_episodes_per_s": median["raw_ppo"] / median["ours_ppo"]}
+    result = {
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.python_implementation()} {platform.python_version()}",
+        "model": "tiny Llama (hidden 64, 2 layers), LoRA r=8, fp32, CPU",
+        "pairs": args.pairs, "episodes": args.episodes, "batch": args.batch, "rounds": args.rounds,
+        "note": "wall time per side includes model load, trainer build, training and save",
+        "rates": {k: {s: round(v, 2) for s, v in d.items()} for k, d in rates.items()},
+        "ratio_ours_to_raw": {k: round(d["ours"] / d["raw_trl"], 3) for k, d in rates.items()},
+        "ratio_ours_to_raw_median": {k: round(v, 3) for k, v in median_ratio.items()},
+        "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
+        "rss_mb": {"start": round(rss_start, 1), "after_each_full_cycle_in_process": cycles,
+                   "peak": round(peak_rss_mb(), 1),
+                   "coordinator_before_job_cycles": round(daemon_start, 1),
+                   "coordinator_after_each_job_process_cycle": daemon},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""HTTP: the shared /metrics /healthz /readyz plus the run API.
+
+    POST /v1/runs            start a run now (202 {"run_id"}; 409 busy; 422 too little data)
+    GET  /v1/runs            recent runs
+    GET  /v1/runs/{run_id}   one run
+
+Extends the standard-library HealthServer rather than adding a web framework for
+three routes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from shared.observability.http import Checks, HealthServer
+
+from .runs import RunCoordinator, RunRejected
+
+
+class TrainerHttpServer(HealthServer):
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, liveness: Checks | None = None,
+                 readiness: Checks | None = None, *, coordinator: RunCoordinator) -> None:
+        self._coordinator = coordinator
+        super().__init__(registry, host, port, liveness=liveness, readiness=readiness)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        base: Any = super()._handler_class()
+        coordinator = self._coordinator
+
+        class Handler(base):  # type: ignore[misc, valid-type]
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0].rstrip("/")
+                if path == "/v1/runs":
+                    runs = [asdict(r) for r in coordinator.store.runs()[-50:]]
+                    self._json(200, {"runs": runs, "active": coordinator.active_run()})
+                elif path.startswith("/v1/runs/"):
+                    run = coordinator.store.get_run(path.rsplit("/", 1)[1])
+                    self._json(200, asdict(run)) if run else self._json(404, {"detail": "unknown run"})
+                else:
+                    super().do_GET()
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path.split("?", 1)[0].rstrip("/") != "/v1/runs":
+                    self._json(404, {"detail": "not found"})
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                    reason = str(body.get("reason", "manual (http)"))[:200]
+                except (ValueError, AttributeError):
+                    self._json(400, {"detail": "body must be a JSON object"})
+                    return
+                try:
+                    run_id = coordinator.start_run(reason)
+                except RunRejected as error:
+                    self._json(error.status, {"detail": str(error)})
+                    return
+                self._json(202, {"run_id": run_id, "state": "queued"})
+
+            def _json(self, status: int, data: Any) -> None:
+                self._send(status, json.dumps(data, default=str).encode(), "application/json")
+
+        return Handler

@@ -1,0 +1,47 @@
+"""Trainer metrics on a registry passed in. Labels are bounded: outcome and stage are
+fixed sets; the version gauge keeps one series per (kind, pointer) by clearing
+before it sets."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.runs = Counter("rlhf_trainer_runs_total", "Training runs by outcome (succeeded, gated, failed, rejected).",
+                            ["outcome"], registry=registry)
+        self.stage_seconds = Histogram("rlhf_trainer_stage_duration_seconds", "Time per run stage.", ["stage"],
+                                       buckets=STAGE_BUCKETS, registry=registry)
+        self.rm_accuracy = Gauge("rlhf_trainer_rm_accuracy", "Held-out pair accuracy of the last reward model.",
+                                 registry=registry)
+        self.reward_mean = Gauge("rlhf_trainer_reward_mean", "Mean reward of the last candidate on held-out prompts.",
+                                 registry=registry)
+        self.kl = Gauge("rlhf_trainer_kl", "KL of the last candidate policy to its reference.", registry=registry)
+        self.win_rate = Gauge("rlhf_trainer_win_rate", "Win rate of the last candidate vs the previous policy.",
+                              registry=registry)
+        self.new_preferences = Gauge("rlhf_trainer_preferences_since_last_training",
+                                     "Stored preferences not yet used by a finished training run.", registry=registry)
+        self.stored = Counter("rlhf_trainer_stored_total", "Events stored, by kind and whether new or a duplicate.",
+                              ["kind", "result"], registry=registry)
+        self.run_active = Gauge("rlhf_trainer_run_active", "1 while a training run is in progress.", registry=registry)
+        self.version = Gauge("rlhf_trainer_model_version_info", "Current model versions (value is always 1).",
+                             ["kind", "pointer", "version"], registry=registry)
+
+    def observe_run(self, outcome: str, metrics: dict[str, float]) -> None:
+        self.runs.labels(outcome).inc()
+        for key, value in metrics.items():
+            if key.startswith("stage_seconds_"):
+                self.stage_seconds.labels(key.removeprefix("stage_seconds_")).observe(value)
+        for key, gauge in (("rm_accuracy", self.rm_accuracy), ("reward_mean", self.reward_mean), ("kl", self.kl),
+                           ("win_rate", self.win_rate)):
+            if key in metrics:
+                gauge.set(metrics[key])
+
+    def set_versions(self, versions: dict[tuple[str, str], str | None]) -> None:
+        self.version.clear()
+        for (kind, pointer), version in versions.items():
+            if version:
+                self.version.labels(kind, pointer, version).set(1)

@@ -1,0 +1,117 @@
+"""A model registry in a directory: versioned reward models and policies.
+
+    <data_dir>/registry/
+      reward/rm-v0001/      model files + manifest.json
+      reward/latest.json    {"version": ...}   newest published
+      reward/promoted.json  {"version": ...}   what training warm-starts from / serves
+      policy/policy-v0001/  LoRA adapter + value/ + manifest.json
+      policy/latest.json, policy/promoted.json
+      .staging/<run>-<kind>/ work in progress, never read
+
+A version appears by one `os.rename` of a complete staging directory (manifest
+written last, everything fsynced), so a crash leaves either nothing or a whole
+model. Pointers are small JSON files replaced with `os.replace`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+Kind = Literal["reward", "policy"]
+PREFIX: dict[str, str] = {"reward": "rm", "policy": "policy"}
+MANIFEST = "manifest.json"
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ModelRegistry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.staging_root = self.root / ".staging"
+        for kind in PREFIX:
+            (self.root / kind).mkdir(parents=True, exist_ok=True)
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def versions(self, kind: Kind) -> list[str]:
+        """Complete versions, oldest first (a directory counts only with its manifest)."""
+        pattern = re.compile(rf"^{PREFIX[kind]}-v(\d+)$")
+        found = [(int(m.group(1)), p.name) for p in (self.root / kind).iterdir()
+                 if (m := pattern.match(p.name)) and (p / MANIFEST).is_file()]
+        return [name for _n, name in sorted(found)]
+
+    def path(self, kind: Kind, version: str) -> Path:
+        return self.root / kind / version
+
+    def manifest(self, kind: Kind, version: str) -> dict[str, Any]:
+        return dict(json.loads((self.path(kind, version) / MANIFEST).read_text()))
+
+    def pointer(self, kind: Kind, name: Literal["latest", "promoted"]) -> str | None:
+        file = self.root / kind / f"{name}.json"
+        if not file.is_file():
+            return None
+        version = json.loads(file.read_text()).get("version")
+        return version if version and (self.path(kind, version) / MANIFEST).is_file() else None
+
+    # -- writing ----------------------------------------------------------------------
+
+    def next_version(self, kind: Kind) -> str:
+        numbers = [int(v.rsplit("-v", 1)[1]) for v in self.versions(kind)]
+        return f"{PREFIX[kind]}-v{(max(numbers) + 1 if numbers else 1):04d}"
+
+    def staging(self, run_id: str, kind: Kind) -> Path:
+        """A fresh directory to save a model into before it is published."""
+        path = self.staging_root / f"{run_id}-{kind}"
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def publish(self, kind: Kind, staged: Path, manifest: dict[str, Any]) -> str:
+        """Make `staged` a version: manifest last, fsync, one rename. Returns the version."""
+        version = self.next_version(kind)
+        manifest = {**manifest, "version": version, "kind": kind, "published_at": time.time()}
+        with open(staged / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+        _fsync_tree(staged)
+        os.rename(staged, self.path(kind, version))  # atomic; fails if the version exists
+        self.set_pointer(kind, "latest", version)
+        return version
+
+    def set_pointer(self, kind: Kind, name: Literal["latest", "promoted"], version: str) -> None:
+        write_json_atomic(self.root / kind / f"{name}.json", {"version": version, "updated_at": time.time()})
+
+    def clean_staging(self, keep: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+        """Remove leftovers of crashed runs (names not starting with a run id in `keep`)."""
+        removed = []
+        for path in self.staging_root.iterdir():
+            if not any(path.name.startswith(run_id) for run_id in keep):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+        return removed

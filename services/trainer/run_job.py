@@ -1,0 +1,83 @@
+"""The training job process: `python -m services.trainer.run_job JOB_JSON`.
+
+The service (or a Kubernetes Job) starts one per run, so a crash, an OOM or a
+SIGKILL takes down only the run, and the memory of a run is returned to the OS
+when it ends (the daemon's RSS stays flat across cycles). The job reports its own
+transitions; the service reports `failed` for a job that died without doing so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+EXIT_FAILED = 1
+
+
+def job_payload(run_id: str, watermark: int, settings: Any) -> dict[str, Any]:
+    """What a job needs, as JSON. Secrets are left out: the job reads them from its
+    environment (inherited locally, a Kubernetes Secret in a Job)."""
+    dumped = settings.model_dump(mode="json", exclude={"kafka": {"sasl_password"}})
+    return {"run_id": run_id, "watermark": watermark, "settings": dumped}
+
+
+def run(job: dict[str, Any]) -> int:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from shared.bus import EventProducer
+
+    from .device import resolve_device
+    from .pipeline import RunAborted, TrainingRun
+    from .registry import ModelRegistry
+    from .reporting import RunReporter
+    from .settings import TrainerSettings
+    from .store import PreferenceStore
+
+    settings = TrainerSettings(**job["settings"])
+    data_dir = Path(settings.data_dir)
+    run_id = job["run_id"]
+    store = PreferenceStore(data_dir / "trainer" / "store.sqlite")
+    producer = EventProducer(settings.kafka)
+    reporter = RunReporter(store, lambda topic, event: producer.publish(topic, event, timeout_s=30),
+                           settings.trainer)
+    try:
+        if settings.trainer.build_tiny_models:
+            from .tiny_models import ensure_tiny_models
+
+            ensure_tiny_models(settings.trainer.base_model, settings.trainer.reward_base_model)
+        device = resolve_device(settings.trainer.device)
+        import torch
+
+        torch.manual_seed(settings.trainer.hyper.seed)
+        logging.getLogger(__name__).info("run %s on %s", run_id, device)
+        TrainingRun(run_id=run_id, watermark=int(job["watermark"]), options=settings.trainer, store=store,
+                    registry=ModelRegistry(data_dir / "registry"), reporter=reporter, device=device).execute()
+        return 0
+    except RunAborted as error:
+        logging.getLogger(__name__).error("%s", error)
+        return EXIT_FAILED
+    except Exception as error:
+        traceback.print_exc()
+        reporter.state(run_id, "failed", reason=f"{type(error).__name__}: {error}")
+        return EXIT_FAILED
+    finally:
+        producer.close()
+        store.close()
+
+
+def main(argv: list[str]) -> int:
+    from shared.lifecycle import configure_logging
+
+    configure_logging(os.environ.get("RLHF_LOG_LEVEL", "INFO"))
+    job = json.loads(Path(argv[0]).read_text())
+    return run(job)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,83 @@
+"""Wiring only: settings -> store, registry, coordinator, trigger -> consumer service
+with the run API on its HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from services.runner import ConsumerSpec, run_consumer_service
+from shared.bus import EventProducer
+from shared.bus.admin import ensure_topics
+from shared.contracts import ModelOutput, ModelUpdate, Preference, TrainingRunStatus
+from shared.observability.probes import wait_until_reachable
+from shared.topics import Topic
+
+from .api import TrainerHttpServer
+from .executor import Executor, KubernetesJobExecutor, LocalProcessExecutor
+from .handlers import make_store_handler
+from .jobs import TriggerJob, start_scheduler
+from .metrics import TrainerMetrics
+from .registry import ModelRegistry
+from .reporting import RunReporter
+from .runs import RunCoordinator
+from .settings import TrainerSettings
+from .store import PreferenceStore
+
+
+def topics(settings: TrainerSettings) -> dict[str, Topic]:
+    o = settings.trainer
+    return {"preferences": Topic(o.preferences_topic, Preference), "outputs": Topic(o.outputs_topic, ModelOutput),
+            "runs": Topic(o.runs_topic, TrainingRunStatus, 1), "updates": Topic(o.updates_topic, ModelUpdate, 1)}
+
+
+def make_executor(settings: TrainerSettings) -> Executor:
+    o = settings.trainer
+    if o.executor == "kubernetes":
+        return KubernetesJobExecutor(o.kubernetes_image, o.kubernetes_namespace, dry_run=True)
+    return LocalProcessExecutor()
+
+
+def build_coordinator(settings: TrainerSettings, store: PreferenceStore, producer: EventProducer,
+                      metrics: TrainerMetrics, executor: Executor | None = None) -> RunCoordinator:
+    reporter = RunReporter(store, lambda topic, event: producer.publish(topic, event), settings.trainer)
+    registry = ModelRegistry(Path(settings.data_dir) / "registry")
+    return RunCoordinator(settings, store, registry, reporter, executor or make_executor(settings), metrics)
+
+
+def open_store(settings: TrainerSettings) -> PreferenceStore:
+    return PreferenceStore(Path(settings.data_dir) / "trainer" / "store.sqlite")
+
+
+def run_service(settings: TrainerSettings, stop: threading.Event, *, registry: CollectorRegistry | None = None,
+                on_started=None, executor: Executor | None = None) -> None:  # type: ignore[no-untyped-def]
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = TrainerMetrics(registry)
+    t = topics(settings)
+    wait_until_reachable(settings.kafka)
+    if settings.consumer.create_topics:
+        ensure_topics(settings.kafka, [(x.name, x.partitions) for x in t.values()])
+    with ExitStack() as stack:
+        store = open_store(settings)
+        stack.callback(store.close)
+        producer = EventProducer(settings.kafka)
+        stack.callback(producer.close)
+        coordinator = build_coordinator(settings, store, producer, metrics, executor)
+        stack.callback(coordinator.close, settings.consumer.shutdown_grace_s)
+        coordinator.recover()
+        trigger = TriggerJob(store, coordinator, settings.trainer, metrics)
+        scheduler = start_scheduler(trigger, settings.trainer.check_interval_s)
+        stack.callback(scheduler.shutdown, wait=False)
+        spec = ConsumerSpec(name="trainer", group_id=settings.trainer.group_id,
+                            topics=[t["preferences"], t["outputs"]], handler=make_store_handler(store, metrics),
+                            produces=[t["runs"], t["updates"]])
+        run_consumer_service(spec, settings, stop, registry=registry, on_started=on_started,
+                             http_server=functools.partial(TrainerHttpServer, coordinator=coordinator))
+
+
+def main(stop: threading.Event) -> None:
+    run_service(TrainerSettings(), stop)

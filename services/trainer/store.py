@@ -1,0 +1,301 @@
+"""The trainer's durable state in one SQLite file: preferences, prompts, runs and the
+run lock.
+
+Kafka delivers at least once, so every insert is `INSERT OR IGNORE` on the event's
+own id: a redelivered preference never counts twice toward the threshold. Each
+preference gets a monotonically increasing `seq`; a run records the highest `seq`
+it trained on (its watermark), so "new since the last training" is one indexed count.
+The service and its training child both open the file (WAL mode), which is why the
+lock lives here too: it survives restarts of either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.contracts import ChatMessage, ModelOutput, Preference
+
+# Runs whose training finished: their watermark marks preferences as used.
+TRAINED_STATES = ("succeeded", "gated")
+ACTIVE_STATES = ("queued", "started")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS preferences (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    preference_id TEXT NOT NULL UNIQUE,
+    ranking_id TEXT NOT NULL, task_id TEXT NOT NULL, output_id TEXT NOT NULL,
+    prompt_json TEXT NOT NULL, prompt_hash TEXT NOT NULL,
+    chosen TEXT NOT NULL, rejected TEXT NOT NULL,
+    margin REAL NOT NULL, agreement REAL NOT NULL, annotator_count INTEGER NOT NULL,
+    guideline_version TEXT NOT NULL, created_at TEXT NOT NULL, stored_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS prompts (
+    output_id TEXT PRIMARY KEY, prompt_json TEXT NOT NULL, prompt_hash TEXT NOT NULL,
+    stored_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, state TEXT NOT NULL, trigger TEXT NOT NULL, reason TEXT,
+    created_at REAL NOT NULL, finished_at REAL, watermark INTEGER NOT NULL,
+    preference_count INTEGER NOT NULL, model_version TEXT, metrics_json TEXT
+);
+CREATE TABLE IF NOT EXISTS run_lock (
+    id INTEGER PRIMARY KEY CHECK (id = 1), run_id TEXT NOT NULL, pid INTEGER NOT NULL,
+    host TEXT NOT NULL, heartbeat_at REAL NOT NULL
+);
+"""
+
+
+def prompt_hash(messages: list[dict[str, str]]) -> str:
+    """Canonical hash of a prompt: the key of the held-out split, so one prompt is
+    never both trained on and evaluated on."""
+    canonical = json.dumps(messages, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def is_heldout(phash: str, fraction: float) -> bool:
+    return int(phash[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+@dataclass(frozen=True)
+class PreferenceRow:
+    seq: int
+    preference_id: str
+    prompt: list[dict[str, str]]
+    prompt_hash: str
+    chosen: str
+    rejected: str
+    margin: float
+    guideline_version: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    state: str
+    trigger: str
+    reason: str | None
+    created_at: float
+    finished_at: float | None
+    watermark: int
+    preference_count: int
+    model_version: str | None
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    run_id: str
+    pid: int
+    host: str
+    heartbeat_at: float
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class PreferenceStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: takes the write lock up front, so check-then-write (the run
+        lock) is atomic across processes."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- ingest ---------------------------------------------------------------------
+
+    def add_preference(self, pref: Preference) -> bool:
+        """Store a preference; False if its id was already stored (a redelivery)."""
+        prompt = _messages(pref.prompt)
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO preferences (preference_id, ranking_id, task_id, output_id,"
+                " prompt_json, prompt_hash, chosen, rejected, margin, agreement, annotator_count,"
+                " guideline_version, created_at, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (pref.preference_id, pref.ranking_id, pref.task_id, pref.output_id,
+                 json.dumps(prompt), prompt_hash(prompt), pref.chosen.text, pref.rejected.text,
+                 pref.margin, pref.agreement, pref.annotator_count, pref.guideline_version,
+                 pref.created_at.isoformat(), time.time()),
+            )
+            return cur.rowcount == 1
+
+    def add_output(self, output: ModelOutput) -> bool:
+        """Keep the output's conversation as a PPO prompt; False on a redelivery."""
+        prompt = _messages(output.conversation)
+        if prompt[-1]["role"] == "assistant":  # the prompt is what comes before an answer
+            prompt = prompt[:-1] or prompt
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO prompts (output_id, prompt_json, prompt_hash, stored_at) VALUES (?,?,?,?)",
+                (output.output_id, json.dumps(prompt), prompt_hash(prompt), time.time()),
+            )
+            return cur.rowcount == 1
+
+    # -- reads ----------------------------------------------------------------------
+
+    def _scalar(self, sql: str, *args: Any) -> Any:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchone()[0]
+
+    def preference_count(self) -> int:
+        return int(self._scalar("SELECT COUNT(*) FROM preferences"))
+
+    def max_seq(self) -> int:
+        return int(self._scalar("SELECT COALESCE(MAX(seq), 0) FROM preferences"))
+
+    def trained_watermark(self) -> int:
+        marks = ",".join("?" * len(TRAINED_STATES))
+        return int(self._scalar(f"SELECT COALESCE(MAX(watermark), 0) FROM runs WHERE state IN ({marks})",
+                                *TRAINED_STATES))
+
+    def new_since_last_training(self) -> int:
+        return int(self._scalar("SELECT COUNT(*) FROM preferences WHERE seq > ?", self.trained_watermark()))
+
+    def preferences_upto(self, watermark: int) -> list[PreferenceRow]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM preferences WHERE seq <= ? ORDER BY seq", (watermark,)).fetchall()
+        return [PreferenceRow(seq=r["seq"], preference_id=r["preference_id"], prompt=json.loads(r["prompt_json"]),
+                              prompt_hash=r["prompt_hash"], chosen=r["chosen"], rejected=r["rejected"],
+                              margin=r["margin"], guideline_version=r["guideline_version"],
+                              created_at=r["created_at"]) for r in rows]
+
+    def prompts(self, limit: int = 10_000) -> list[tuple[str, list[dict[str, str]]]]:
+        """(hash, messages) of every distinct prompt: captured outputs plus preference prompts."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT prompt_hash, MIN(prompt_json) AS p FROM (SELECT prompt_hash, prompt_json FROM prompts"
+                " UNION ALL SELECT prompt_hash, prompt_json FROM preferences) GROUP BY prompt_hash"
+                " ORDER BY prompt_hash LIMIT ?", (limit,)).fetchall()
+        return [(r["prompt_hash"], json.loads(r["p"])) for r in rows]
+
+    # -- runs -----------------------------------------------------------------------
+
+    def create_run(self, run_id: str, trigger: str, watermark: int, preference_count: int) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO runs (run_id, state, trigger, created_at, watermark, preference_count)"
+                         " VALUES (?, 'queued', ?, ?, ?, ?)", (run_id, trigger, time.time(), watermark,
+                                                               preference_count))
+
+    def set_run_state(self, run_id: str, state: str, *, reason: str | None = None,
+                      model_version: str | None = None, metrics: dict[str, float] | None = None) -> None:
+        terminal = state not in ACTIVE_STATES
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE runs SET state = ?, reason = COALESCE(?, reason), model_version = COALESCE(?, model_version),"
+                " metrics_json = COALESCE(?, metrics_json), finished_at = CASE WHEN ? THEN ? ELSE finished_at END"
+                " WHERE run_id = ?",
+                (state, reason, model_version, json.dumps(metrics) if metrics is not None else None,
+                 terminal, time.time(), run_id))
+
+    def get_run(self, run_id: str) -> RunRow | None:
+        with self._lock:
+            r = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return self._run_row(r) if r else None
+
+    def runs(self) -> list[RunRow]:
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM runs ORDER BY created_at").fetchall()
+        return [self._run_row(r) for r in rows]
+
+    def last_run_started_at(self) -> float | None:
+        value = self._scalar("SELECT MAX(created_at) FROM runs")
+        return float(value) if value is not None else None
+
+    @staticmethod
+    def _run_row(r: sqlite3.Row) -> RunRow:
+        return RunRow(run_id=r["run_id"], state=r["state"], trigger=r["trigger"], reason=r["reason"],
+                      created_at=r["created_at"], finished_at=r["finished_at"], watermark=r["watermark"],
+                      preference_count=r["preference_count"], model_version=r["model_version"],
+                      metrics=json.loads(r["metrics_json"]) if r["metrics_json"] else {})
+
+    # -- the one-run-at-a-time lock -------------------------------------------------
+
+    def lock_holder(self) -> LockHolder | None:
+        with self._lock:
+            r = self._conn.execute("SELECT * FROM run_lock WHERE id = 1").fetchone()
+        return LockHolder(r["run_id"], r["pid"], r["host"], r["heartbeat_at"]) if r else None
+
+    def is_stale(self, holder: LockHolder, stale_s: float) -> bool:
+        """Dead on this host, or silent for `stale_s` (another host or a hung process)."""
+        if holder.host == socket.gethostname() and not pid_alive(holder.pid):
+            return True
+        return time.time() - holder.heartbeat_at > stale_s
+
+    def try_lock(self, run_id: str, stale_s: float, pid: int | None = None) -> tuple[bool, str | None]:
+        """Take the lock for `run_id`. Returns (taken, reclaimed_run_id): a stale holder's
+        run is marked failed in the same transaction, so it can never finish later."""
+        pid = os.getpid() if pid is None else pid
+        with self._tx() as conn:
+            r = conn.execute("SELECT * FROM run_lock WHERE id = 1").fetchone()
+            reclaimed = None
+            if r is not None:
+                holder = LockHolder(r["run_id"], r["pid"], r["host"], r["heartbeat_at"])
+                if not self.is_stale(holder, stale_s):
+                    return False, None
+                reclaimed = holder.run_id
+                conn.execute("UPDATE runs SET state = 'failed', finished_at = ?, reason = ? WHERE run_id = ?"
+                             " AND state IN ('queued', 'started')",
+                             (time.time(), "trainer process died mid-run (stale lock reclaimed)", reclaimed))
+                conn.execute("DELETE FROM run_lock WHERE id = 1")
+            conn.execute("INSERT INTO run_lock (id, run_id, pid, host, heartbeat_at) VALUES (1, ?, ?, ?, ?)",
+                         (run_id, pid, socket.gethostname(), time.time()))
+            return True, reclaimed
+
+    def heartbeat(self, run_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE run_lock SET heartbeat_at = ? WHERE id = 1 AND run_id = ?", (time.time(), run_id))
+
+    def release_lock(self, run_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM run_lock WHERE id = 1 AND run_id = ?", (run_id,))
+
+    def fail_orphaned_runs(self, reason: str) -> list[str]:
+        """Runs left active with no live lock (the service restarted mid-run): failed."""
+        holder = self.lock_holder()
+        live = {holder.run_id} if holder else set()
+        orphans = [r.run_id for r in self.runs() if r.state in ACTIVE_STATES and r.run_id not in live]
+        for run_id in orphans:
+            self.set_run_state(run_id, "failed", reason=reason)
+        return orphans
