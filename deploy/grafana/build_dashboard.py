@@ -1,0 +1,136 @@
+"""Builds deploy/grafana/rlhf-loop.json, the Grafana dashboard of the loop.
+
+The JSON is committed (importable as is); this script is its source, so panels stay
+consistent (same datasource variable, units, layout) and a test can check that every
+query uses only metrics the services export.
+
+Run: .venv/bin/python deploy/grafana/build_dashboard.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).with_name("rlhf-loop.json")
+DS = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def panel(title: str, exprs: list[tuple[str, str]], unit: str = "short", kind: str = "timeseries",
+          width: int = 8, description: str = "") -> dict[str, Any]:
+    return {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if kind == "timeseries" else {},
+        "targets": [{"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i)}
+                    for i, (expr, legend) in enumerate(exprs)],
+        "gridPos": {"w": width, "h": 8},
+    }
+
+
+def row(title: str) -> dict[str, Any]:
+    return {"type": "row", "title": title, "collapsed": False, "panels": [], "gridPos": {"w": 24, "h": 1}}
+
+
+PANELS: list[dict[str, Any]] = [
+    row("Loop funnel: outputs → tasks → rankings → preferences → runs → versions"),
+    panel("Outputs captured /s", [("sum by (source) (rate(rlhf_capture_events_accepted_total[5m]))", "{{source}}"),
+                                  ("sum(rate(rlhf_policy_captured_total{outcome=\"ok\"}[5m]))", "policy server")],
+          "ops", width=4),
+    panel("Ranking tasks /s", [("sum by (rule) (rate(rlhf_sampler_tasks_total[5m]))", "{{rule}}")], "ops", width=4),
+    panel("Records pushed to Argilla /s", [("sum(rate(rlhf_annotation_records_pushed_total[5m]))", "pushed")],
+          "ops", width=4),
+    panel("Rankings collected /s", [("sum(rate(rlhf_annotation_records_collected_total[5m]))", "collected")],
+          "ops", width=4),
+    panel("Preferences /s", [("sum(rate(rlhf_annotation_preferences_total[5m]))", "preferences")], "ops", width=4),
+    panel("Training runs (24h)", [("sum by (outcome) (increase(rlhf_trainer_runs_total[24h]))", "{{outcome}}")],
+          kind="stat", width=4),
+    panel("Sampling decisions /s", [("sum by (rule, decision) (rate(rlhf_sampler_decisions_total[5m]))",
+                                     "{{rule}} {{decision}}")], "ops"),
+    panel("Not sampled, by reason /s", [("sum by (reason) (rate(rlhf_sampler_rejections_total[5m]))",
+                                        "{{reason}}")], "ops"),
+    panel("Registry versions", [("rlhf_trainer_model_version_info", "{{kind}} {{pointer}}: {{version}}")],
+          kind="table"),
+    panel("Serving traffic share", [("rlhf_policy_traffic_share", "{{version}}")], "percentunit"),
+    panel("Policy requests /s by version", [("sum by (version, status) (rate(rlhf_policy_requests_total[5m]))",
+                                             "{{version}} {{status}}")], "reqps"),
+    panel("Rollbacks (24h)", [("sum by (reason) (increase(rlhf_model_rollbacks_total[24h]))", "{{reason}}")],
+          kind="stat"),
+    row("Annotation"),
+    panel("Tasks pending in Argilla", [("sum(rlhf_annotation_tasks_pending)", "pending")], width=8,
+          description="pushed but not yet completed; rising = annotators cannot keep up"),
+    panel("Annotator agreement (median)", [("histogram_quantile(0.5, sum by (le) (rate(rlhf_annotation_pairwise_agreement_bucket[1h])))",
+                                            "agreement")], "percentunit", width=8),
+    panel("Preferences since last training", [("rlhf_trainer_preferences_since_last_training", "new")], width=8),
+    row("Training quality over versions"),
+    panel("Reward-model accuracy (held out)", [("rlhf_trainer_rm_accuracy", "accuracy")], "percentunit", width=6),
+    panel("Mean reward on held-out prompts", [("rlhf_trainer_reward_mean", "reward")], width=6),
+    panel("KL to reference", [("rlhf_trainer_kl", "KL")], width=6),
+    panel("Win rate vs previous", [("rlhf_trainer_win_rate", "win rate")], "percentunit", width=6),
+    panel("Stage duration p50", [("histogram_quantile(0.5, sum by (le, stage) (rate(rlhf_trainer_stage_duration_seconds_bucket[1d])))",
+                                  "{{stage}}")], "s", width=12),
+    panel("Run in progress", [("max(rlhf_trainer_run_active)", "active")], kind="stat", width=12),
+    row("Service health"),
+    panel("Targets up", [("up{job=~\"rlhf-loop.*\"}", "{{instance}}")], width=8),
+    panel("Handler latency p95", [("histogram_quantile(0.95, sum by (le, group) (rate(rlhf_handler_duration_seconds_bucket[5m])))",
+                                   "{{group}}")], "s", width=8),
+    panel("Seconds since last poll", [("time() - rlhf_consumer_last_poll_timestamp_seconds", "{{group}}")],
+          "s", width=8),
+    panel("Dead letters /s", [("sum by (group, reason) (rate(rlhf_messages_dead_lettered_total[5m]))",
+                               "{{group}} {{reason}}")], "ops", width=8),
+    panel("Handler failures /s", [("sum by (group, reason) (rate(rlhf_messages_failed_total[5m]))",
+                                   "{{group}} {{reason}}")], "ops", width=8),
+    panel("Messages consumed /s", [("sum by (topic, group) (rate(rlhf_messages_consumed_total[5m]))",
+                                    "{{group}} ← {{topic}}")], "ops", width=8),
+    panel("Capture requests by status code /s", [("sum by (code) (rate(rlhf_capture_requests_total[5m]))",
+                                             "{{code}}")], "reqps", width=12),
+    panel("Capture latency p95", [("histogram_quantile(0.95, sum by (le) (rate(rlhf_capture_request_duration_seconds_bucket[5m])))",
+                                   "p95")], "s", width=12),
+]
+
+
+def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Left to right, wrapping at 24 columns; a row always starts a new line."""
+    x = y = line_height = 0
+    for i, p in enumerate(panels):
+        p["id"] = i + 1
+        w, h = p["gridPos"]["w"], p["gridPos"]["h"]
+        if p["type"] == "row" or x + w > 24:
+            x, y, line_height = 0, y + line_height, 0
+        p["gridPos"].update({"x": x, "y": y})
+        x += w
+        line_height = max(line_height, h)
+        if p["type"] == "row":
+            x, y, line_height = 0, y + h, 0
+    return panels
+
+
+def dashboard() -> dict[str, Any]:
+    return {
+        "title": "rlhf-loop",
+        "uid": "rlhf-loop",
+        "tags": ["rlhf-loop"],
+        "timezone": "utc",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {"list": [{
+            "name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+            "current": {}, "hide": 0, "refresh": 1,
+        }]},
+        "panels": layout(PANELS),
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render())
+    print(f"wrote {OUT}")

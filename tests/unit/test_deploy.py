@@ -1,0 +1,136 @@
+"""Deployment artefacts, validated offline with real tools: kustomize (kubectl's),
+kubernetes-validate (ships the Kubernetes JSON schemas), promtool, hadolint."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.catalog import SERVICES
+from shared.topics import LOOP_TOPICS
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+# Custom resources have no schema in kubernetes-validate; they are checked by hand below.
+CRDS = {"PodMonitor", "KafkaTopic"}
+CONSUMER_GROUPS = {"event-logger", "sampler", "annotation", "trainer"}
+# The demo (replayed traffic, simulated annotators) belongs to the laptop, not a cluster.
+LAPTOP_ONLY = {"demo"}
+
+
+def tool(name: str) -> str:
+    path = BIN / name if (BIN / name).exists() else shutil.which(name)
+    assert path, f"{name} is not installed (make test installs it)"
+    return str(path)
+
+
+def build(overlay: str) -> list[dict[str, Any]]:
+    out = subprocess.run([tool("kubectl"), "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+                         capture_output=True, text=True, check=True).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module", params=["dev", "prod"])
+def manifests(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, build(request.param)
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_every_manifest_validates_against_the_kubernetes_schema(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    for doc in docs:
+        if doc["kind"] in CRDS:
+            assert {"apiVersion", "kind", "metadata", "spec"} <= doc.keys(), doc
+            continue
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+
+
+def test_a_deployment_per_service_hardened_and_probed(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    deployments = by_kind(docs, "Deployment")
+    assert set(deployments) == set(SERVICES) - LAPTOP_ONLY
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        assert container["args"] == ["run", name]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                                "capabilities": {"drop": ["ALL"]}}
+        assert pod["automountServiceAccountToken"] if "automountServiceAccountToken" in pod else True
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        for secret in ("RLHF_CAPTURE__TOKEN", "RLHF_ANNOTATION__API_KEY"):
+            if secret in env:
+                assert "secretKeyRef" in env[secret]["valueFrom"], "secrets come from a Secret"
+
+
+def test_trainer_on_gpu_nodes_in_prod_and_cpu_in_dev(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, docs = manifests
+    pod = by_kind(docs, "Deployment")["trainer"]["spec"]["template"]["spec"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    if overlay == "prod":
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert limits["nvidia.com/gpu"] == "1"
+        assert pod["containers"][0]["image"].endswith("-cuda")
+    else:
+        assert "nodeSelector" not in pod and "nvidia.com/gpu" not in limits
+
+
+def test_capture_has_hpa_pdb_and_service(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")["capture"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "capture"
+    assert by_kind(docs, "PodDisruptionBudget")["capture"]["spec"]["minAvailable"] >= 1
+    assert "capture" in by_kind(docs, "Service")
+
+
+def test_topics_policies_and_monitoring(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    topics = {t["spec"]["topicName"]: t for t in by_kind(docs, "KafkaTopic").values()}
+    expected = {t.name for t in LOOP_TOPICS} | {f"rlhf.dlq.{g}" for g in CONSUMER_GROUPS}
+    assert set(topics) == expected
+    for loop_topic in LOOP_TOPICS:
+        assert topics[loop_topic.name]["spec"]["partitions"] == loop_topic.partitions
+    assert all(t["metadata"]["namespace"] == "kafka" for t in topics.values())
+    assert "default-deny-ingress" in by_kind(docs, "NetworkPolicy")
+    monitor = by_kind(docs, "PodMonitor")["rlhf-loop"]
+    assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+    claims = by_kind(docs, "PersistentVolumeClaim")
+    assert claims["rlhf-registry"]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_alert_rules_check_and_unit_tests_pass() -> None:
+    promtool = tool("promtool")
+    rules = DEPLOY / "prometheus"
+    subprocess.run([promtool, "check", "rules", str(rules / "rules.yml")], check=True, capture_output=True)
+    done = subprocess.run([promtool, "test", "rules", str(rules / "rules_test.yml")],
+                          capture_output=True, text=True, cwd=rules)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    done = subprocess.run([tool("hadolint"), str(DEPLOY / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+def test_committed_dashboard_is_what_the_generator_builds() -> None:
+    sys.path.insert(0, str(DEPLOY / "grafana"))
+    try:
+        import build_dashboard
+    finally:
+        sys.path.pop(0)
+    assert (DEPLOY / "grafana" / "rlhf-loop.json").read_text() == build_dashboard.render()
