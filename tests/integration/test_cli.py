@@ -149,7 +149,8 @@ def output_so_far(process: subprocess.Popen[str]) -> str:
 def test_up_starts_broker_and_services_and_ctrl_c_stops_all(tmp_path: Path) -> None:
     base = free_port()
     process = subprocess.Popen(
-        [*CLI, "up", "--data-dir", str(tmp_path), "--http-port-base", str(base), "--grace-seconds", "5"],
+        [*CLI, "up", "--only", "event-logger", "--data-dir", str(tmp_path), "--http-port-base", str(base),
+         "--grace-seconds", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
     )
     lines: list[str] = []
@@ -183,3 +184,29 @@ def test_up_starts_broker_and_services_and_ctrl_c_stops_all(tmp_path: Path) -> N
     assert process.returncode == 0, "".join(lines) + rest
     assert "rlhf-loop stopped." in rest
     assert "stopped cleanly" in (tmp_path / "logs" / "event-logger.log").read_text()
+
+
+@pytest.mark.timeout(400)
+def test_up_runs_the_whole_embedded_loop_and_stops_it_cleanly(tmp_path: Path) -> None:
+    """Every default service (Argilla, Redis, tiny models included) comes up healthy."""
+    from services.catalog import EMBEDDED_LOOP
+
+    base = free_port()
+    process = subprocess.Popen(
+        [*CLI, "up", "--data-dir", str(tmp_path), "--http-port-base", str(base), "--grace-seconds", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
+    )
+    try:
+        ports = [base + i for i in range(len(EMBEDDED_LOOP))]
+        healthy = lambda: all(http_get(f"http://127.0.0.1:{p}/healthz")[0] == 200 for p in ports)  # noqa: E731
+        assert wait_for(healthy, timeout_s=240, interval_s=1), {
+            name: http_get(f"http://127.0.0.1:{p}/healthz")[0] for name, p in zip(EMBEDDED_LOOP, ports)}
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    logs = {name: (tmp_path / "logs" / f"{name}.log").read_text() for name in EMBEDDED_LOOP}
+    for name, text in logs.items():
+        assert "Traceback" not in text, f"{name} crashed:\n{text[-3000:]}"

@@ -1,0 +1,68 @@
+"""Simulated annotators: every annotator account of the embedded Argilla ranks what is
+pending, through the UI's own endpoints (services.annotation.simulated_annotator)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from services.annotation.simulated_annotator import SimulatedAnnotator
+
+from .oracles import ORACLES
+from .settings import DemoOptions
+
+log = logging.getLogger(__name__)
+
+
+class AnnotatorPool:
+    def __init__(self, options: DemoOptions, argilla_dir: Path, on_ranked: Callable[[int], None]) -> None:
+        self._options = options
+        self._dir = argilla_dir
+        self._on_ranked = on_ranked
+        self._annotators: list[SimulatedAnnotator] = []
+
+    def _connect(self) -> bool:
+        endpoint, credentials = self._dir / "endpoint.json", self._dir / "credentials.json"
+        if not endpoint.exists() or not credentials.exists():
+            return False
+        url = json.loads(endpoint.read_text())["url"]
+        users = [u for u in json.loads(credentials.read_text()) if u["role"] == "annotator"]
+        oracle = ORACLES[self._options.oracle]
+        self._annotators = [SimulatedAnnotator(url, u["username"], u["password"], oracle, noise=self._options.noise,
+                                               delay_s=self._options.annotator_delay_s, seed=i)
+                            for i, u in enumerate(users)]
+        log.info("%d simulated annotators ranking at %s (oracle: %s)", len(users), url, self._options.oracle)
+        return bool(self._annotators)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(2.0):
+            try:
+                if not self._annotators and not self._connect():
+                    continue  # Argilla not up yet
+                for annotator in self._annotators:
+                    for dataset_id in annotator_datasets(annotator):
+                        ranked = annotator.annotate(dataset_id, limit=20)
+                        if ranked:
+                            self._on_ranked(ranked)
+                        if stop.is_set():
+                            return
+            except httpx.HTTPError as error:  # Argilla restarting: try again, reconnecting
+                log.warning("simulated annotators paused: %r", error)
+                self.close()
+        self.close()
+
+    def close(self) -> None:
+        for annotator in self._annotators:
+            annotator.close()
+        self._annotators = []
+
+
+def annotator_datasets(annotator: SimulatedAnnotator) -> list[str]:
+    response = annotator._http.get("/api/v1/me/datasets")  # noqa: SLF001 - the same session the UI uses
+    response.raise_for_status()
+    return [d["id"] for d in response.json()["items"] if d.get("status") == "ready"]

@@ -1,0 +1,49 @@
+"""The live status line of `rlhf-loop up`: the loop's funnel read from each service's
+own /metrics, so what a person watches is what Prometheus would scrape."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections import defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(ports: list[int], timeout_s: float = 2.0) -> Samples:
+    samples: Samples = defaultdict(list)
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as response:
+                text = response.read().decode()
+        except OSError:
+            continue  # a service still starting (or restarting)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[sample.name].append((sample.labels, sample.value))
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> int:
+    return int(sum(v for l, v in samples.get(name, []) if all(l.get(k) == w for k, w in labels.items())))
+
+
+def status_line(samples: Samples) -> str:
+    runs = {o: total(samples, "rlhf_trainer_runs_total", outcome=o) for o in ("succeeded", "gated", "failed")}
+    serving = sorted(((v, l["version"]) for l, v in samples.get("rlhf_policy_traffic_share", []) if v > 0),
+                     reverse=True)
+    promoted = [l["version"] for l, v in samples.get("rlhf_trainer_model_version_info", [])
+                if l.get("kind") == "policy" and l.get("pointer") == "promoted"]
+    return (
+        f"outputs {total(samples, 'rlhf_policy_captured_total', outcome='ok') + total(samples, 'rlhf_capture_events_accepted_total')}"
+        f" | tasks {total(samples, 'rlhf_sampler_tasks_total')}"
+        f" | in Argilla {total(samples, 'rlhf_annotation_tasks_pending')} pending"
+        f" | rankings {total(samples, 'rlhf_annotation_records_collected_total')}"
+        f" | preferences {total(samples, 'rlhf_annotation_preferences_total')}"
+        f" (new {total(samples, 'rlhf_trainer_preferences_since_last_training')})"
+        f" | runs {runs['succeeded']} ok, {runs['gated']} gated, {runs['failed']} failed"
+        f"{' (training now)' if total(samples, 'rlhf_trainer_run_active') else ''}"
+        f" | promoted {promoted[0] if promoted else '-'}"
+        f" | serving {', '.join(f'{version} {share:.0%}' for share, version in serving) or '-'}"
+    )
