@@ -23,3 +23,26 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
         except OSError:
             time.sleep(0.02)
     return False
+
+
+def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """The first of `count` consecutive ports that are all free right now (for `up`,
+    which gives service i the port base + i). Drawn below Linux's ephemeral range
+    (32768+), where `free_port` and outgoing connections take theirs."""
+    import random
+
+    for _ in range(attempts):
+        base = random.randint(20_000, 32_000 - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")

@@ -17,7 +17,7 @@ import pytest
 
 from shared.bus import EventProducer
 from shared.embedded.broker import EmbeddedBroker
-from shared.embedded.ports import free_port
+from shared.embedded.ports import free_port, free_port_block
 from shared.settings import KafkaSettings
 from shared.topics import LOOP_TOPICS, OUTPUTS
 from tests import factories
@@ -191,7 +191,7 @@ def test_up_runs_the_whole_embedded_loop_and_stops_it_cleanly(tmp_path: Path) ->
     """Every default service (Argilla, Redis, tiny models included) comes up healthy."""
     from services.catalog import EMBEDDED_LOOP
 
-    base = free_port()
+    base = free_port_block(len(EMBEDDED_LOOP))
     process = subprocess.Popen(
         [*CLI, "up", "--data-dir", str(tmp_path), "--http-port-base", str(base), "--grace-seconds", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded.ports import free_port, wait_for_port
+from shared.embedded.ports import free_port, free_port_block, wait_for_port
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -41,7 +41,7 @@ def post_output(port: int, token: str, i: int, feedback: bool) -> int:
 
 
 def test_prometheus_scrapes_the_running_loop(tmp_path: Path) -> None:
-    base = free_port()
+    base = free_port_block(len(SERVICES))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
     loop = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--no-demo", "--only", *SERVICES, "--data-dir", str(tmp_path / "data"),
