@@ -130,6 +130,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     for name in names:
         if name not in SERVICES:
             raise UnknownService(name)
+    taken = [p for p in range(args.http_port_base, args.http_port_base + len(names)) if not port_free(p)]
+    if taken:
+        log.error("ports %s are taken; choose another --http-port-base (service i listens on base + i)", taken)
+        return 2
     data_dir = Path(args.data_dir).resolve()
     extra_env = {} if args.no_demo else dict(DEMO_ENV)
     if "policy-server" in names:
@@ -166,6 +170,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     supervisor.run(stop, on_ready=announce, on_tick=report)
     print("rlhf-loop stopped.", flush=True)
     return 0
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def cmd_services(_args: argparse.Namespace) -> int:

@@ -73,6 +73,19 @@ def test_bad_setting_names_its_variable_and_hides_secrets() -> None:
     assert "RLHF_KAFKA__SASL_MECHANISM" in done.stderr
 
 
+def test_up_refuses_taken_ports_with_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*CLI, "up", "--only", "event-logger", "--http-port-base", str(port)],
+                              capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert done.returncode == 2
+    assert f"ports [{port}] are taken" in done.stderr
+
+
 def test_topics_creates_the_loop_topics(broker: EmbeddedBroker) -> None:
     done = subprocess.run([*CLI, "topics", "--bootstrap-servers", broker.bootstrap_servers],
                           capture_output=True, text=True, env=cli_env(), timeout=60)
