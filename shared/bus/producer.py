@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.errors import (
+    InvalidProducerEpochError,
+    OutOfOrderSequenceNumberError,
+    ProducerFencedError,
+    UnknownProducerIdError,
+)
 from kafka.producer.future import FutureRecordMetadata
 
 from shared.contracts import Event
@@ -19,6 +26,8 @@ from .codec import encode
 log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
+PRODUCER_STATE_ERRORS = (UnknownProducerIdError, OutOfOrderSequenceNumberError, InvalidProducerEpochError,
+                         ProducerFencedError)
 
 
 class EventProducer:
@@ -31,9 +40,12 @@ class EventProducer:
     ) -> None:
         # `overrides` are extra kafka-python producer options for one caller's needs,
         # e.g. an HTTP API bounds `max_block_ms` by its own response deadline.
-        self._producer = KafkaProducer(**{**settings.producer_kwargs(), **overrides})
+        self._options = {**settings.producer_kwargs(), **overrides}
+        self._producer = KafkaProducer(**self._options)
         self._metrics = metrics
         self._topic_metrics: dict[str, tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._broken = False
 
     def send(self, topic: Topic | str, event: Event, *, headers: Headers = ()) -> FutureRecordMetadata:
         key = getattr(event, "partition_key", event.event_id)
@@ -43,12 +55,33 @@ class EventProducer:
     def send_raw(
         self, topic: str, key: bytes | None, value: bytes | None, *, headers: Headers = ()
     ) -> FutureRecordMetadata:
+        if self._broken:
+            self._renew()
         future = self._producer.send(topic, key=key, value=value, headers=list(headers))
+        future.add_errback(self._on_error)
         if self._metrics is not None:
             produced, errors = self._children(topic)
             future.add_callback(lambda _md: produced.inc())
             future.add_errback(lambda _exc: errors.inc())
         return future
+
+    def _on_error(self, error: BaseException) -> None:
+        # The broker lost this producer's id (a restarted in-memory broker, expired
+        # producer state): kafka-python cannot recover the idempotent session by itself,
+        # so every later send would fail. A fresh producer gets a fresh id; what failed
+        # is redelivered by the caller, and deterministic ids keep that harmless.
+        if isinstance(error, PRODUCER_STATE_ERRORS) or "InitProducerId" in str(error):
+            if not self._broken:
+                log.warning("producer session lost (%r): starting a new producer", error)
+            self._broken = True
+
+    def _renew(self) -> None:
+        with self._lock:
+            if not self._broken:
+                return
+            old, self._producer = self._producer, KafkaProducer(**self._options)
+            self._broken = False
+        old.close(timeout=0)
 
     def _children(self, topic: str) -> tuple[Any, Any]:
         children = self._topic_metrics.get(topic)

@@ -364,3 +364,35 @@ def test_the_service_end_to_end_from_task_topic_to_preferences(
         stop.set()
         service.join(30)
     assert not service.is_alive(), "the service did not stop"
+
+
+def test_argilla_killed_during_a_push_loses_nothing_and_duplicates_nothing(
+    argilla: EmbeddedArgilla, dataset_prefix: str,  # noqa: F811
+    make_setup: Callable[..., Setup], make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: Callable[..., object],
+) -> None:
+    setup = make_setup(options(dataset_prefix))
+    dataset = setup.datasets.ensure(2)
+    tasks_topic = make_topic(RankingTask)
+    tasks = [make_task(f"fault-{dataset_prefix}-{i}", [1, 2]) for i in range(40)]
+    loop = start_loop([tasks_topic], group_id, setup.pusher, max_poll_records=5)
+    pushed = lambda: setup.metric("rlhf_annotation_records_pushed_total", candidates="2")  # noqa: E731
+    for task in tasks[:20]:
+        producer.send(tasks_topic, task)
+    producer.flush()
+    assert wait_for(lambda: pushed() >= 5, timeout_s=60, interval_s=0.02)
+    argilla.kill_server()  # SIGKILL mid-stream
+    for task in tasks[20:]:
+        producer.send(tasks_topic, task)
+    producer.flush()
+    time.sleep(2)  # the pusher meets the outage: backoff, no commit, no dead letter
+    argilla.restart_server()
+    consumed = lambda: loop.metric("rlhf_messages_consumed_total", topic=tasks_topic.name, group=group_id)  # type: ignore[attr-defined]  # noqa: E731
+    assert wait_for(lambda: consumed() == 40, timeout_s=120)
+    assert loop.metric("rlhf_messages_dead_lettered_total", topic=tasks_topic.name, group=group_id,  # type: ignore[attr-defined]
+                       reason="poison") == 0
+    assert loop.metric("rlhf_messages_failed_total", topic=tasks_topic.name, group=group_id,  # type: ignore[attr-defined]
+                       reason="dependency_unavailable") >= 1
+    ids = sorted(r.id for r in setup.datasets.ensure(2).records)
+    assert ids == sorted(t.task_id for t in tasks)  # every task once: none lost, none doubled
+    assert dataset.id == setup.datasets.ensure(2).id
