@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from shared.bus import ConsumerLoop, EventProducer, Handler, Ticker
+from shared.bus import BatchSink, ConsumerLoop, EventProducer, Handler, Ticker
 from shared.bus.admin import ensure_topics
 from shared.observability.http import HealthServer
 from shared.observability.metrics import BusMetrics
@@ -35,6 +35,7 @@ class ConsumerSpec:
     produces: Sequence[Topic] = ()
     ticker: Ticker | None = None
     tick_interval_s: float = 1.0
+    sink: BatchSink | None = None
 
 
 def run_consumer_service(
@@ -70,6 +71,7 @@ def run_consumer_service(
             stop=stop,
             ticker=spec.ticker,
             tick_interval_s=spec.tick_interval_s,
+            sink=spec.sink,
         )
         stack.callback(loop.close)
         stall_limit_s = settings.kafka.max_poll_interval_ms / 1000

@@ -18,7 +18,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from shared.bus import ConsumerLoop, EventProducer, Handler, Ticker
+from shared.bus import BatchSink, ConsumerLoop, EventProducer, Handler, Ticker
 from shared.bus.admin import ensure_topics
 from shared.contracts import Event
 from shared.embedded.broker import EmbeddedBroker
@@ -130,16 +130,17 @@ def start_loop(kafka: KafkaSettings) -> Iterator[Callable[..., LoopThread]]:
     started: list[LoopThread] = []
 
     def start(topics: list[Topic], group: str, handler: Handler, ticker: Ticker | None = None,
-              **consumer: object) -> LoopThread:
+              sink: BatchSink | None = None, max_poll_records: int | None = None, **consumer: object) -> LoopThread:
         ensure_topics(kafka, [(dead_letter_topic(group), 1)])
         registry = CollectorRegistry()
         metrics = BusMetrics(registry)
         stop = threading.Event()
         settings = ConsumerSettings(**{"backoff_initial_s": 0.05, "backoff_max_s": 0.2, **consumer})  # type: ignore[arg-type]
         producer = EventProducer(kafka, metrics)
-        loop = ConsumerLoop(topics=topics, group_id=group, handler=handler, kafka=kafka,
+        kafka_settings = kafka.model_copy(update={"max_poll_records": max_poll_records}) if max_poll_records else kafka
+        loop = ConsumerLoop(topics=topics, group_id=group, handler=handler, kafka=kafka_settings,
                             consumer=settings, producer=producer, metrics=metrics, stop=stop,
-                            ticker=ticker, tick_interval_s=0.1)
+                            ticker=ticker, tick_interval_s=0.1, sink=sink)
         runner = LoopThread(loop, stop, producer, registry).start()
         started.append(runner)
         return runner

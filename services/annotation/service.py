@@ -65,6 +65,7 @@ def build_spec(settings: AnnotationSettings, pusher: Pusher) -> ConsumerSpec:
         topics=[RANKING_TASKS],
         handler=pusher,
         produces=[RANKINGS, PREFERENCES],
+        sink=pusher,  # one bulk request per polled batch
     )
 
 
@@ -103,5 +104,5 @@ def main(stop: threading.Event, settings: AnnotationSettings | None = None,
             stack.callback(listener.stop)
             url = options.webhook_url or f"http://127.0.0.1:{listener.port}{WEBHOOK_PATH}"
             schedule_webhook_registration(scheduler, datasets, listener, url)
-        pusher = Pusher(datasets, rest, options.version, metrics)
+        pusher = Pusher(datasets, rest, options.version, metrics, batched=True)
         run_consumer_service(build_spec(settings, pusher), settings, stop, registry=registry)

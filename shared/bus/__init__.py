@@ -1,10 +1,11 @@
 """The Kafka bus on kafka-python: an event producer and an at-least-once consumer loop."""
 
-from .consumer import ConsumerLoop, Handler, Outgoing, Ticker
+from .consumer import BatchSink, ConsumerLoop, Handler, Outgoing, Ticker
 from .errors import DependencyUnavailable, PoisonMessage
 from .producer import EventProducer
 
 __all__ = [
+    "BatchSink",
     "ConsumerLoop",
     "DependencyUnavailable",
     "EventProducer",

@@ -75,6 +75,17 @@ class Ticker(Protocol):
     def delivered(self, outgoing: list[Outgoing]) -> None: ...
 
 
+class BatchSink(Protocol):
+    """Writes a whole batch to a dependency in one call (e.g. one bulk request to
+    Argilla), after the handler saw every record of the batch and before the commit.
+
+    `flush` returns the records that can never be written, with the reason (they are
+    dead-lettered); raising DependencyUnavailable redelivers the whole batch. Either way
+    the sink starts the next batch empty."""
+
+    def flush(self) -> list[tuple[ConsumerRecord, str]]: ...
+
+
 class _Retry(Exception):
     """Internal: the record must be redelivered (dependency down, or stopping)."""
 
@@ -93,6 +104,7 @@ class ConsumerLoop:
         stop: threading.Event,
         ticker: Ticker | None = None,
         tick_interval_s: float = 1.0,
+        sink: BatchSink | None = None,
     ) -> None:
         if not topics:
             raise ValueError("a consumer loop needs at least one topic")
@@ -110,6 +122,7 @@ class ConsumerLoop:
         self._pending: list[FutureRecordMetadata] = []
         self._children: dict[str, tuple[Any, Any]] = {}
         self._ticker = ticker
+        self._sink = sink
         self._tick_interval_s = tick_interval_s
         self._next_tick = 0.0
         self._dependency_failures = 0
@@ -153,12 +166,37 @@ class ConsumerLoop:
                     count += 1
         except _Retry:
             pass  # stopping: what is finished is committed below, the rest redelivered
+        if not self._flush_sink({tp.topic for tp in first_offsets}):
+            for tp, offset in first_offsets.items():
+                self._consumer.seek(tp, offset)
+            return 0
         self._maybe_tick()
         if not self._commit(finished):
             for tp, offset in first_offsets.items():
                 self._consumer.seek(tp, offset)
             return 0
+        if count:
+            self._dependency_failures = 0  # a whole batch went through: the outage is over
         return count
+
+    def _flush_sink(self, topics: set[str]) -> bool:
+        """False when the batch must be redelivered (the sink's dependency is down)."""
+        if self._sink is None or not topics:
+            return True
+        try:
+            refused = self._sink.flush()
+        except DependencyUnavailable as unavailable:
+            self._dependency_failures += 1
+            delay = self._delay(self._dependency_failures)
+            for topic in topics:
+                self._metrics.failed.labels(topic, self.group_id, "dependency_unavailable").inc()
+            log.warning("group %s: batch write failed (%s); redelivering the batch in %.1fs",
+                        self.group_id, unavailable, delay)
+            self._backoff_until = time.monotonic() + delay
+            return False
+        for record, reason in refused:
+            self._dead_letter(record, "poison", reason, PoisonMessage(reason), 1)
+        return True
 
     def close(self) -> None:
         try:
@@ -208,7 +246,6 @@ class ConsumerLoop:
             finally:
                 handler_seconds.observe(time.perf_counter() - started)
             break
-        self._dependency_failures = 0
         consumed.inc()
 
     def _hot_metrics(self, topic: str) -> tuple[Any, Any]:

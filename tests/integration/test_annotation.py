@@ -41,7 +41,7 @@ from shared.contracts import (
 from shared.embedded.argilla import EmbeddedArgilla
 from shared.settings import KafkaSettings
 from shared.topics import Topic
-from tests.conftest import read_topic, wait_for
+from tests.conftest import committed_offsets, read_topic, wait_for
 
 from .argilla_fixtures import argilla, argilla_client, dataset_prefix  # noqa: F401  (fixtures)
 
@@ -369,13 +369,14 @@ def test_the_service_end_to_end_from_task_topic_to_preferences(
 def test_argilla_killed_during_a_push_loses_nothing_and_duplicates_nothing(
     argilla: EmbeddedArgilla, dataset_prefix: str,  # noqa: F811
     make_setup: Callable[..., Setup], make_topic: Callable[..., Topic], group_id: str,
-    producer: EventProducer, start_loop: Callable[..., object],
+    producer: EventProducer, start_loop: Callable[..., object], kafka: KafkaSettings,
 ) -> None:
     setup = make_setup(options(dataset_prefix))
     dataset = setup.datasets.ensure(2)
     tasks_topic = make_topic(RankingTask)
     tasks = [make_task(f"fault-{dataset_prefix}-{i}", [1, 2]) for i in range(40)]
-    loop = start_loop([tasks_topic], group_id, setup.pusher, max_poll_records=5)
+    pusher = Pusher(setup.datasets, setup.rest, "v1", setup.metrics, batched=True)  # as the service runs it
+    loop = start_loop([tasks_topic], group_id, pusher, sink=pusher, max_poll_records=5)
     pushed = lambda: setup.metric("rlhf_annotation_records_pushed_total", candidates="2")  # noqa: E731
     for task in tasks[:20]:
         producer.send(tasks_topic, task)
@@ -387,8 +388,7 @@ def test_argilla_killed_during_a_push_loses_nothing_and_duplicates_nothing(
     producer.flush()
     time.sleep(2)  # the pusher meets the outage: backoff, no commit, no dead letter
     argilla.restart_server()
-    consumed = lambda: loop.metric("rlhf_messages_consumed_total", topic=tasks_topic.name, group=group_id)  # type: ignore[attr-defined]  # noqa: E731
-    assert wait_for(lambda: consumed() == 40, timeout_s=120)
+    assert wait_for(lambda: committed_offsets(kafka, group_id, tasks_topic.name) == {0: 40}, timeout_s=120)
     assert loop.metric("rlhf_messages_dead_lettered_total", topic=tasks_topic.name, group=group_id,  # type: ignore[attr-defined]
                        reason="poison") == 0
     assert loop.metric("rlhf_messages_failed_total", topic=tasks_topic.name, group=group_id,  # type: ignore[attr-defined]
@@ -396,3 +396,21 @@ def test_argilla_killed_during_a_push_loses_nothing_and_duplicates_nothing(
     ids = sorted(r.id for r in setup.datasets.ensure(2).records)
     assert ids == sorted(t.task_id for t in tasks)  # every task once: none lost, none doubled
     assert dataset.id == setup.datasets.ensure(2).id
+
+
+def test_batched_push_writes_one_record_per_task_in_one_request_per_batch(
+    argilla: EmbeddedArgilla, dataset_prefix: str,  # noqa: F811
+    make_setup: Callable[..., Setup], make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: Callable[..., object], kafka: KafkaSettings,
+) -> None:
+    setup = make_setup(options(dataset_prefix))
+    tasks_topic = make_topic(RankingTask)
+    tasks = [make_task(f"batch-{dataset_prefix}-{i}", [1, 2]) for i in range(12)]
+    for task in [*tasks, tasks[0], tasks[3]]:  # two redelivered inside the same batch
+        producer.send(tasks_topic, task)
+    producer.flush()
+    pusher = Pusher(setup.datasets, setup.rest, "v1", setup.metrics, batched=True)
+    start_loop([tasks_topic], group_id, pusher, sink=pusher, max_poll_records=20)
+    assert wait_for(lambda: committed_offsets(kafka, group_id, tasks_topic.name) == {0: 14}, timeout_s=60)
+    ids = sorted(r.id for r in setup.datasets.ensure(2).records)
+    assert ids == sorted(t.task_id for t in tasks)
