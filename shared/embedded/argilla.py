@@ -32,6 +32,7 @@ import httpx
 from .argilla_plugin import PLUGIN_DIR
 from .argilla_venv import ensure_server_venv
 from .ports import free_port
+from .processes import terminate
 from .redis import EmbeddedRedis
 
 log = logging.getLogger(__name__)
@@ -160,13 +161,7 @@ class EmbeddedArgilla:
         for attribute in ("_worker", "_server"):
             process: subprocess.Popen[bytes] | None = getattr(self, attribute)
             setattr(self, attribute, None)
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            terminate(process, timeout_s)
         if self._redis is not None:
             self._redis.stop()
             self._redis = None

@@ -22,6 +22,7 @@ from shared.settings import KafkaSettings
 from shared.topics import LOOP_TOPICS
 
 from .ports import free_port, wait_for_port
+from .processes import terminate
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,7 @@ class EmbeddedBroker:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        terminate(process, timeout_s)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
