@@ -40,7 +40,7 @@ test: venv argilla-venv tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
-	$(VENV)/bin/python -m bench.bus_throughput
+	$(VENV)/bin/python -m bench.run_all
 
 clean:
 	rm -rf $(VENV) .venv-argilla .rlhf-loop .pytest_cache

@@ -141,9 +141,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.no_simulated_annotators:
         extra_env["RLHF_DEMO__SIMULATED_ANNOTATORS"] = "false"
     stop = threading.Event()
-    install_stop_signals(stop)
     supervisor = Supervisor(names, data_dir=data_dir, http_port_base=args.http_port_base,
                             broker_port=args.broker_port, grace_s=args.grace_seconds, extra_env=extra_env)
+    install_stop_signals(stop, on_second=supervisor.kill_all)
 
     def announce(sup: Supervisor) -> None:
         print(f"rlhf-loop is up. Broker: RLHF_KAFKA__BOOTSTRAP_SERVERS={sup.bootstrap_servers}", flush=True)

@@ -117,6 +117,13 @@ class Supervisor:
                 child.next_start = 0.0
                 self._start(child)
 
+    def kill_all(self) -> None:
+        """SIGKILL every child and the broker (a second Ctrl-C: nothing is left behind)."""
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.kill()
+        self._broker.kill()
+
     def _stop_children(self) -> None:
         running = [c for c in self.children if c.process is not None and c.process.poll() is None]
         for child in running:

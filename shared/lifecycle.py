@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -23,12 +24,15 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.ERROR))
 
 
-def install_stop_signals(stop: threading.Event) -> None:
-    """Set `stop` on the first SIGTERM/SIGINT; exit immediately on the second."""
+def install_stop_signals(stop: threading.Event, on_second: Callable[[], None] | None = None) -> None:
+    """Set `stop` on the first SIGTERM/SIGINT; on the second run `on_second` (e.g. kill
+    child processes, so none is orphaned) and exit immediately."""
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if stop.is_set():
             logging.getLogger(__name__).warning("second %s: exiting now", signal.Signals(signum).name)
+            if on_second is not None:
+                on_second()
             os._exit(128 + signum)
         logging.getLogger(__name__).info("%s received: stopping", signal.Signals(signum).name)
         stop.set()

@@ -223,3 +223,30 @@ def test_up_runs_the_whole_embedded_loop_and_stops_it_cleanly(tmp_path: Path) ->
     logs = {name: (tmp_path / "logs" / f"{name}.log").read_text() for name in EMBEDDED_LOOP}
     for name, text in logs.items():
         assert "Traceback" not in text, f"{name} crashed:\n{text[-3000:]}"
+
+
+def test_a_second_ctrl_c_kills_everything_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    base = free_port()
+    process = subprocess.Popen(
+        [*CLI, "up", "--only", "event-logger", "--data-dir", str(tmp_path), "--http-port-base", str(base),
+         "--grace-seconds", "30", "--status-interval", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
+    assert process.stdout is not None
+    banner = ""
+    while "Ctrl-C" not in banner:
+        line = process.stdout.readline()
+        assert line, banner
+        banner += line
+    bootstrap = banner.split("RLHF_KAFKA__BOOTSTRAP_SERVERS=", 1)[1].split()[0]
+    assert wait_for(lambda: http_get(f"http://127.0.0.1:{base}/healthz")[0] == 200, timeout_s=30)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)  # impatient: no grace period
+    process.communicate(timeout=30)
+    assert process.returncode != 0
+    host, port = bootstrap.rsplit(":", 1)
+    assert wait_for(lambda: http_get(f"http://127.0.0.1:{base}/healthz")[0] == 0, timeout_s=10)
+    import socket
+
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2).close()

@@ -1,0 +1,107 @@
+"""The benchmark suite in one command: every bench script in turn (each starts its own
+embedded parts), then one table of the ratios measured side by side, and the loop's
+latencies and memory. Results: bench/results/*.json and bench/results/summary.md.
+
+Run: make bench   (about 15-25 minutes on 2 cores; --quick skips the full loop)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+SUITE = [
+    "bench.bus_throughput",
+    "bench.capture_throughput",
+    "bench.sampler_throughput",
+    "bench.annotation_throughput",
+    "bench.trainer_throughput",
+    "bench.policy_server_throughput",
+    "bench.loop_efficacy",
+]
+
+
+def load(name: str) -> dict:  # type: ignore[type-arg]
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def rows() -> list[tuple[str, str, str, str]]:
+    out: list[tuple[str, str, str, str]] = []
+    bus = load("bus_throughput")
+    if bus:
+        r = bus["messages_per_s"]
+        out.append(("bus produce vs raw kafka-python", f"{r['raw_produce']:,}/s", f"{r['our_produce']:,}/s",
+                    f"{bus['ratio_ours_to_raw']['produce']:.2f}"))
+        out.append(("bus consume+commit vs raw (same decode)", f"{r['raw_validate_consume']:,}/s",
+                    f"{r['our_consume']:,}/s", f"{bus['ratio_ours_to_raw']['consume_vs_raw_with_same_validation']:.2f}"))
+    capture = load("capture_throughput")
+    if capture.get("events_per_s"):
+        e = capture["events_per_s"]
+        out.append(("capture HTTP single vs raw producer (acked)", f"{e.get('raw_acked', 0):,.0f}/s",
+                    f"{e.get('http_single', 0):,.0f}/s", f"{e.get('http_single', 0) / max(e.get('raw_acked', 1), 1):.2f}"))
+        out.append(("capture HTTP batch vs raw producer", f"{e.get('raw_pipelined', 0):,.0f}/s",
+                    f"{e.get('http_batch', 0):,.0f}/s", f"{e.get('http_batch', 0) / max(e.get('raw_pipelined', 1), 1):.2f}"))
+    sampler = load("sampler_throughput")
+    if sampler:
+        e = sampler["events_per_s"]
+        out.append(("sampler (uniform) vs raw consume", f"{e['raw_consume_decode']:,}/s", f"{e['sampler_uniform']:,}/s",
+                    f"{sampler['ratio']['rate_strategy']:.2f}"))
+    annotation = load("annotation_throughput")
+    if annotation:
+        r = annotation["records_per_s"]
+        out.append(("Argilla push vs raw SDK records.log", f"{r['raw_sdk']}/s", f"{r['pusher']}/s",
+                    f"{annotation['ratio']:.2f}"))
+    trainer = load("trainer_throughput")
+    for key, label in (("rm_pairs_per_s", "reward model (pairs) vs raw TRL"),
+                       ("ppo_episodes_per_s", "PPO (episodes) vs raw TRL")):
+        rates = trainer.get("rates", {}).get(key)
+        if rates:
+            out.append((label, f"{rates['raw_trl']:.1f}/s", f"{rates['ours']:.1f}/s",
+                        f"{trainer['ratio_ours_to_raw'][key]:.2f}"))
+    policy = load("policy_server_throughput").get("results", {})
+    for model, values in policy.items():
+        out.append((f"policy server {model} vs model.generate", f"{values['raw_tokens_per_s']:.1f} tok/s",
+                    f"{values['our_tokens_per_s']:.1f} tok/s", f"{values['ratio']:.2f}"))
+    return out
+
+
+def summary() -> str:
+    lines = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()}, "
+             f"{platform.python_implementation()} {platform.python_version()}", "",
+             "| benchmark | raw | rlhf-loop | ratio |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows()]
+    loop = load("loop_efficacy")
+    if loop:
+        s2p, t2p = loop["submission_to_preference_s"], loop["threshold_to_published_s"]
+        lines += ["", f"submission → preference: p50 {s2p['p50']} s, p95 {s2p['p95']} s (n={s2p['n']})",
+                  f"threshold reached → version published: p50 {t2p['p50']} s, max {t2p['max']} s",
+                  f"oracle score by version: {loop['oracle_score_by_version']}",
+                  f"RSS (MB) after each run: {loop['rss_mb_after_each_run']}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="skip the full-loop measurement")
+    parser.add_argument("--summary-only", action="store_true", help="print the table from existing results")
+    args = parser.parse_args()
+    if not args.summary_only:
+        for module in SUITE:
+            if args.quick and module == "bench.loop_efficacy":
+                continue
+            print(f"== {module}", flush=True)
+            subprocess.run([sys.executable, "-m", module], check=True)
+    text = summary()
+    (RESULTS / "summary.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
