@@ -109,6 +109,9 @@ def create_app(
         version = resolve(request.model)
         started = time.perf_counter()
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if request.stream and request.n == 1:
+            return StreamingResponse(stream_live(request, version, completion_id, started),
+                                     media_type="text/event-stream")
         try:
             generations = await asyncio.to_thread(run, request, version)
         except KeyError:  # the version was unloaded between routing and generation
@@ -134,19 +137,43 @@ def create_app(
             "usage": {"prompt_tokens": 0, "completion_tokens": usage, "total_tokens": usage},
         }
 
+    def chunk(completion_id: str, created: int, version: str, index: int, delta: dict[str, str],
+              finish: str | None) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                "model": served_model_name, "system_fingerprint": version,
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(body)}\n\n"
+
+    async def stream_live(request: ChatRequest, version: str, completion_id: str,
+                          started: float) -> AsyncIterator[str]:
+        """n=1: token deltas as the model produces them (time to first token matters)."""
+        created = int(time.time())
+        deltas, result = pool.stream([m.model_dump() for m in request.messages], version,
+                                     max_tokens=min(request.max_tokens or max_tokens_default, max_tokens_limit),
+                                     temperature=request.temperature, top_p=request.top_p, seed=request.seed)
+        yield chunk(completion_id, created, version, 0, {"role": "assistant", "content": ""}, None)
+        try:
+            while (piece := await asyncio.to_thread(next, deltas, None)) is not None:
+                yield chunk(completion_id, created, version, 0, {"content": piece}, None)
+        except Exception:
+            metrics.requests.labels(version, "error").inc()
+            raise
+        yield chunk(completion_id, created, version, 0, {}, result.finish_reason)
+        yield "data: [DONE]\n\n"
+        metrics.latency.labels(version).observe(time.perf_counter() - started)
+        metrics.requests.labels(version, "ok").inc()
+        metrics.tokens.labels(version).inc(result.completion_tokens)
+        capture(request, version, completion_id,
+                [Generation(result.text, result.finish_reason, result.completion_tokens)])
+
     async def stream_chunks(completion_id: str, created: int, version: str,
                             generations: list[Generation]) -> AsyncIterator[str]:
-        def chunk(index: int, delta: dict[str, str], finish: str | None) -> str:
-            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                    "model": served_model_name, "system_fingerprint": version,
-                    "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
-            return f"data: {json.dumps(body)}\n\n"
-
+        """n>1: the answers are generated together, then sent one after the other."""
         for index, generation in enumerate(generations):
-            yield chunk(index, {"role": "assistant", "content": ""}, None)
+            yield chunk(completion_id, created, version, index, {"role": "assistant", "content": ""}, None)
             for piece in split_words(generation.text):
-                yield chunk(index, {"content": piece}, None)
-            yield chunk(index, {}, generation.finish_reason)
+                yield chunk(completion_id, created, version, index, {"content": piece}, None)
+            yield chunk(completion_id, created, version, index, {}, generation.finish_reason)
         yield "data: [DONE]\n\n"
 
     @app.get("/v1/models")

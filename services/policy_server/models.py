@@ -29,6 +29,16 @@ class Generation:
     completion_tokens: int
 
 
+@dataclass
+class StreamedGeneration:
+    """Filled in while a stream is consumed; complete once its iterator is exhausted."""
+
+    text: str = ""
+    finish_reason: str = "length"
+    completion_tokens: int = 0
+    error: BaseException | None = None
+
+
 class PolicyPool:
     def __init__(self, base_model: Path, device: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -87,17 +97,61 @@ class PolicyPool:
                 do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
                 num_return_sequences=n, pad_token_id=self.tokenizer.pad_token_id,
             )
-        results = []
-        for row in output[:, input_ids.shape[1]:]:
-            tokens = row.tolist()
-            eos = self.tokenizer.eos_token_id
-            finished = eos in tokens
-            if finished:
-                tokens = tokens[: tokens.index(eos)]
-            tokens = [t for t in tokens if t != self.tokenizer.pad_token_id]
-            results.append(Generation(self.tokenizer.decode(tokens, skip_special_tokens=True),
-                                      "stop" if finished else "length", len(tokens)))
-        return results
+        return [self._finish(row.tolist()) for row in output[:, input_ids.shape[1]:]]
+
+    def stream(self, messages: list[dict[str, str]], version: str, max_tokens: int, temperature: float,
+               top_p: float, seed: int | None = None) -> tuple[Iterator[str], StreamedGeneration]:
+        """One answer, token by token as it is generated (text deltas). Generation runs
+        on its own thread, holding the lock; the returned result is complete once the
+        iterator ends (it re-raises a generation error at the end)."""
+        from transformers import TextIteratorStreamer
+
+        if not self.has(version):
+            raise KeyError(f"version {version!r} is not loaded")
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                    return_dict=True)
+        input_ids = prompt["input_ids"].to(self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        result = StreamedGeneration()
+        sample = temperature > 0
+
+        def run() -> None:
+            try:
+                with self._lock, self._adapter(version), torch.no_grad():
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    output = self._model.generate(
+                        input_ids=input_ids, attention_mask=prompt["attention_mask"].to(self.device),
+                        max_new_tokens=max_tokens, do_sample=sample, temperature=temperature if sample else None,
+                        top_p=top_p if sample else None, pad_token_id=self.tokenizer.pad_token_id, streamer=streamer)
+                final = self._finish(output[0, input_ids.shape[1]:].tolist())
+                result.finish_reason, result.completion_tokens = final.finish_reason, final.completion_tokens
+            except BaseException as error:  # surfaced to the consumer of the stream
+                result.error = error
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="policy-stream", daemon=True)
+        worker.start()
+
+        def deltas() -> Iterator[str]:
+            for piece in streamer:
+                result.text += piece
+                if piece:
+                    yield piece
+            worker.join()
+            if result.error is not None:
+                raise result.error
+
+        return deltas(), result
+
+    def _finish(self, tokens: list[int]) -> Generation:
+        eos = self.tokenizer.eos_token_id
+        finished = eos in tokens
+        if finished:
+            tokens = tokens[: tokens.index(eos)]
+        tokens = [t for t in tokens if t != self.tokenizer.pad_token_id]
+        return Generation(self.tokenizer.decode(tokens, skip_special_tokens=True),
+                          "stop" if finished else "length", len(tokens))
 
     @contextmanager
     def _adapter(self, version: str) -> Iterator[None]:

@@ -76,19 +76,28 @@ def test_openai_sdk_non_streaming_and_streaming_with_capture(registry_dir: Path,
         reply = client.chat.completions.create(model="rlhf-policy", n=2, max_tokens=6, seed=1,
                                                messages=[{"role": "user", "content": "how do I reset my password?"}])
         assert len(reply.choices) == 2 and reply.system_fingerprint == "policy-v0001"
-        stream = client.chat.completions.create(model="rlhf-policy", max_tokens=6, stream=True,
+        stream = client.chat.completions.create(model="rlhf-policy", max_tokens=6, stream=True, temperature=0,
                                                 messages=[{"role": "user", "content": "hello there"}])
         chunks = list(stream)
+        greedy = client.chat.completions.create(model="rlhf-policy", max_tokens=6, temperature=0,
+                                                messages=[{"role": "user", "content": "hello there"}])
+        two = list(client.chat.completions.create(model="rlhf-policy", max_tokens=6, stream=True, n=2,
+                                                  messages=[{"role": "user", "content": "hello there"}]))
         models = client.models.list()
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    content_chunks = [c for c in chunks if c.choices[0].delta.content]
+    assert len(content_chunks) >= 2, "streamed in one piece, not as generated"
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert isinstance(streamed, str)
+    assert streamed == greedy.choices[0].message.content  # same tokens, streamed or not
+    assert {c.choices[0].index for c in two} == {0, 1}
     assert {m.id for m in models.data} >= {"rlhf-policy", BASE_VERSION, "policy-v0001"}
     server.producer.flush()  # type: ignore[union-attr]
     captured = [ModelOutput.model_validate_json(r.value) for r in read_topic(kafka, OUTPUTS.name, expected=10_000,
                                                                                timeout_s=3)]
     mine = [o for o in captured if o.client_request_id == reply.id]
     assert len(mine) == 1
+    [streamed_capture] = [o for o in captured if o.client_request_id == chunks[0].id]
+    assert streamed_capture.candidates[0].text == streamed
     assert [c.text for c in mine[0].candidates] == [c.message.content for c in reply.choices]
     assert {c.model.version for c in mine[0].candidates} == {"policy-v0001"}
     assert mine[0].source == "policy_server"
