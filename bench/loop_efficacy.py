@@ -90,11 +90,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cycles", type=int, default=3, help="promoted policies to wait for")
     parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--env", action="append", default=[], metavar="RLHF_X=VALUE",
+                        help="a setting for the loop's services (overrides the demo's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rlhf-efficacy-") as tmp:
         data = Path(tmp)
         base = free_port_block(len(EMBEDDED_LOOP))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
+        env.update(dict(item.split("=", 1) for item in args.env))
         up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--data-dir", str(data),
                                "--http-port-base", str(base), "--status-interval", "30"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
