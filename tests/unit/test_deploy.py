@@ -134,3 +134,13 @@ def test_committed_dashboard_is_what_the_generator_builds() -> None:
     finally:
         sys.path.pop(0)
     assert (DEPLOY / "grafana" / "rlhf-loop.json").read_text() == build_dashboard.render()
+
+
+def test_local_scrape_config_is_valid_and_covers_every_up_service() -> None:
+    from services.catalog import EMBEDDED_LOOP
+
+    config = DEPLOY / "prometheus" / "prometheus-local.yml"
+    done = subprocess.run([tool("promtool"), "check", "config", str(config)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    targets = yaml.safe_load(config.read_text())["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == [f"127.0.0.1:{9100 + i}" for i in range(len(EMBEDDED_LOOP))]
