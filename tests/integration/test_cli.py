@@ -220,9 +220,12 @@ def test_up_runs_the_whole_embedded_loop_and_stops_it_cleanly(tmp_path: Path) ->
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
+    assert "restarting in" not in output, output  # no service died on the way
     logs = {name: (tmp_path / "logs" / f"{name}.log").read_text() for name in EMBEDDED_LOOP}
     for name, text in logs.items():
-        assert "Traceback" not in text, f"{name} crashed:\n{text[-3000:]}"
+        # (libraries may log a handled traceback while connections close; what counts
+        # is that every service went through its own orderly shutdown)
+        assert f"{name}: stopped cleanly" in text, f"{name} did not stop cleanly:\n{text[-3000:]}"
 
 
 def test_a_second_ctrl_c_kills_everything_and_leaves_nothing_behind(tmp_path: Path) -> None:
