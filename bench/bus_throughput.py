@@ -25,7 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
-from shared.bus import ConsumerLoop, EventProducer
+from shared.bus import ConsumerLoop, EventProducer, Handler
 from shared.bus.admin import ensure_topics
 from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, output_id_for
 from shared.embedded.broker import EmbeddedBroker
@@ -97,8 +97,11 @@ def raw_consume(kafka: KafkaSettings, topic: str, n: int, validate: bool) -> flo
     return elapsed
 
 
-def our_consume(kafka: KafkaSettings, topic: Topic, n: int) -> float:
-    group = f"ours-{uuid.uuid4().hex[:8]}"
+def our_consume(kafka: KafkaSettings, topic: Topic, n: int, handle: Handler | None = None,
+                group: str | None = None) -> float:
+    """Seconds for our consumer loop to handle `n` events (from the first one), with
+    `handle` as the service's handler (none: the bare loop)."""
+    group = group or f"ours-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka, [(dead_letter_topic(group), 1)])
     seen = [0]
     started: list[float] = []
@@ -110,7 +113,7 @@ def our_consume(kafka: KafkaSettings, topic: Topic, n: int) -> float:
         seen[0] += 1
         if seen[0] >= n:
             stop.set()
-        return ()
+        return handle(event, record) if handle is not None else ()
 
     metrics = BusMetrics(CollectorRegistry())
     producer = EventProducer(kafka, metrics)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -24,19 +23,18 @@ import torch
 from prometheus_client import CollectorRegistry
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from bench.bus_throughput import raw_consume
+from bench.bus_throughput import our_consume, raw_consume
 from services.sampler.handlers import Sampler
 from services.sampler.metrics import SamplerMetrics
 from services.sampler.reward_scorer import RewardScorer, directory_locator
 from services.sampler.rules import SamplingRule
 from services.sampler.store import SamplerStore
-from shared.bus import ConsumerLoop, EventProducer
+from shared.bus import EventProducer
 from shared.bus.admin import ensure_topics
 from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, output_id_for
 from shared.embedded.broker import EmbeddedBroker
-from shared.observability.metrics import BusMetrics
-from shared.settings import ConsumerSettings, KafkaSettings
-from shared.topics import Topic, dead_letter_topic
+from shared.settings import KafkaSettings
+from shared.topics import Topic
 
 RESULTS = Path(__file__).parent / "results" / "sampler_throughput.json"
 
@@ -56,31 +54,13 @@ def make_outputs(n: int) -> list[ModelOutput]:
 
 def sampler_consume(kafka: KafkaSettings, topic: Topic, n: int, workdir: Path) -> float:
     group = f"sampler-{uuid.uuid4().hex[:8]}"
-    ensure_topics(kafka, [(dead_letter_topic(group), 1)])
     sampler = Sampler([SamplingRule(name="uniform-5pct", strategy="uniform", rate=0.05)],
                       SamplerStore(workdir / f"{group}.db"), SamplerMetrics(CollectorRegistry()),
                       dedupe_window_s=0)
-    seen, started, stop = [0], [], threading.Event()
-
-    def handler(event, record):  # type: ignore[no-untyped-def]
-        if not started:
-            started.append(time.perf_counter())
-        seen[0] += 1
-        if seen[0] >= n:
-            stop.set()
-        return sampler.handle(event, record)
-
-    metrics = BusMetrics(CollectorRegistry())
-    producer = EventProducer(kafka, metrics)
-    loop = ConsumerLoop(topics=[topic], group_id=group, handler=handler, kafka=kafka,
-                        consumer=ConsumerSettings(), producer=producer, metrics=metrics, stop=stop)
-    while not stop.is_set():
-        loop.run_once()
-    elapsed = time.perf_counter() - started[0]
-    loop.close()
-    producer.close()
-    sampler.close()
-    return elapsed
+    try:
+        return our_consume(kafka, topic, n, handle=sampler.handle, group=group)
+    finally:
+        sampler.close()
 
 
 def tiny_reward_model(path: Path) -> Path:
