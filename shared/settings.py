@@ -13,11 +13,13 @@ join near 3 s; raise it on a busy production cluster if rebalances flap.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_BASE_MODEL_NAME = "smollm2-135m-instruct"
 ENV_PREFIX = "RLHF_"
 
 
@@ -134,3 +136,10 @@ class ServiceSettings(BaseSettings):
     http: HttpSettings = HttpSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: str = Field(default="./.rlhf-loop", description="durable state of embedded mode")
+    models_dir: str = Field(default="", description="prepared base models; empty: DATA_DIR/models")
+
+    @property
+    def default_base_model(self) -> str:
+        """Where `rlhf-loop models smollm2` puts SmolLM2-135M-Instruct: every service's
+        default base policy (and the reward model's backbone)."""
+        return str(Path(self.models_dir or Path(self.data_dir) / "models") / DEFAULT_BASE_MODEL_NAME)

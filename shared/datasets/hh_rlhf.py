@@ -53,3 +53,34 @@ def load_pairs(path: Path = BUNDLED, limit: int | None = None) -> Iterator[Prefe
             count += 1
             if limit is not None and count >= limit:
                 return
+
+
+@dataclass(frozen=True)
+class PromptSplit:
+    """The bundled prompts (first user turn, distinct) in three disjoint parts:
+    `replay` is the demo's traffic, `trainer_eval` a fixed evaluation set the trainer's
+    gates may use, `heldout` what the demo and the efficacy benchmark measure the served
+    policy on — never sent as traffic, never trained on, never seen by the gates."""
+
+    replay: list[list[dict[str, str]]]
+    trainer_eval: list[list[dict[str, str]]]
+    heldout: list[list[dict[str, str]]]
+
+
+def first_user_prompts(path: Path = BUNDLED) -> list[list[dict[str, str]]]:
+    """Each distinct first user turn, in file order (short prompts keep CPU generation quick)."""
+    seen: set[str] = set()
+    prompts = []
+    for pair in load_pairs(path):
+        first = next(m for m in pair.prompt if m.role == "user").content
+        key = " ".join(first.lower().split())
+        if key not in seen:
+            seen.add(key)
+            prompts.append([{"role": "user", "content": first}])
+    return prompts
+
+
+def prompt_split(heldout: int = 128, trainer_eval: int = 128, path: Path = BUNDLED) -> PromptSplit:
+    prompts = first_user_prompts(path)
+    cut = len(prompts) - heldout - trainer_eval
+    return PromptSplit(prompts[:cut], prompts[cut:cut + trainer_eval], prompts[cut + trainer_eval:])

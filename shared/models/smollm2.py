@@ -40,6 +40,9 @@ def prepare_smollm2(target: Path) -> Path:
         gguf_dir = (work / member).parent
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
+        # a pad token distinct from EOS (<|im_end|>): PPO finds an answer's end by its first pad
+        tokenizer.pad_token = "<|endoftext|>"
+        model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
         # the weights are dequantised; saving must not claim they are still GGUF
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
