@@ -3,6 +3,7 @@
     POST /v1/runs            start a run now (202 {"run_id"}; 409 busy; 422 too little data)
     GET  /v1/runs            recent runs
     GET  /v1/runs/{run_id}   one run
+    POST /v1/rollback        roll the promoted policy (or {"version": ...}) back to its last good version
 
 Extends the standard-library HealthServer rather than adding a web framework for
 three routes.
@@ -45,17 +46,26 @@ class TrainerHttpServer(HealthServer):
                     super().do_GET()
 
             def do_POST(self) -> None:  # noqa: N802
-                if self.path.split("?", 1)[0].rstrip("/") != "/v1/runs":
+                path = self.path.split("?", 1)[0].rstrip("/")
+                if path not in ("/v1/runs", "/v1/rollback"):
                     self._json(404, {"detail": "not found"})
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}") if length else {}
                     reason = str(body.get("reason", "manual (http)"))[:200]
+                    version = body.get("version")
                 except (ValueError, AttributeError):
                     self._json(400, {"detail": "body must be a JSON object"})
                     return
+                if version is not None and not isinstance(version, str):
+                    self._json(422, {"detail": "version: must be a string"})
+                    return
                 try:
+                    if path == "/v1/rollback":
+                        rolled_back, promoted = coordinator.rollback(version, reason)
+                        self._json(200, {"rolled_back": rolled_back, "promoted": promoted})
+                        return
                     run_id = coordinator.start_run(reason)
                 except RunRejected as error:
                     self._json(error.status, {"detail": str(error)})

@@ -74,7 +74,7 @@ class ProcessHandle:
 class LocalProcessExecutor:
     def submit(self, spec: JobSpec) -> ProcessHandle:
         spec.log_file.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
         with open(spec.log_file, "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "services.trainer.run_job", str(spec.job_file)],

@@ -1,5 +1,11 @@
-"""Consumer handlers: store preferences and captured outputs. Storing is the whole
-effect (no events out); duplicates are ignored by id, so a redelivery is a no-op."""
+"""Consumer handlers: store preferences and captured outputs; follow rollbacks.
+
+Storing is the whole effect of a preference or an output (no events out);
+duplicates are ignored by id, so a redelivery is a no-op. A `rolled_back` model
+update moves the registry's promoted pointer back to the last good version, so the
+next run continues from that one (idempotent: a redelivered rollback finds the
+pointer already moved).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,23 @@ from collections.abc import Callable, Iterable
 from kafka.consumer.fetcher import ConsumerRecord
 
 from shared.bus import Outgoing, PoisonMessage
-from shared.contracts import Event, ModelOutput, Preference
+from shared.contracts import Event, ModelOutput, ModelUpdate, Preference
 
 from .metrics import TrainerMetrics
+from .registry import ModelRegistry
 from .store import PreferenceStore
 
 
-def make_store_handler(store: PreferenceStore, metrics: TrainerMetrics | None = None
+def make_store_handler(store: PreferenceStore, metrics: TrainerMetrics | None = None,
+                       registry: ModelRegistry | None = None,
                        ) -> Callable[[Event, ConsumerRecord], Iterable[Outgoing]]:
     def handle(event: Event, record: ConsumerRecord) -> Iterable[Outgoing]:
+        if isinstance(event, ModelUpdate):
+            if event.action == "rolled_back" and registry is not None:
+                if event.model_version not in registry.versions("policy"):
+                    raise PoisonMessage(f"model_version: {event.model_version!r} is not in the registry")
+                registry.rollback("policy", event.model_version)
+            return ()
         if isinstance(event, Preference):
             kind, new = "preference", store.add_preference(event)
             if new and metrics is not None:

@@ -17,11 +17,17 @@ class TrainerMetrics:
                                        buckets=STAGE_BUCKETS, registry=registry)
         self.rm_accuracy = Gauge("rlhf_trainer_rm_accuracy", "Held-out pair accuracy of the last reward model.",
                                  registry=registry)
-        self.reward_mean = Gauge("rlhf_trainer_reward_mean", "Mean reward of the last candidate on held-out prompts.",
-                                 registry=registry)
+        self.rm_live_agreement = Gauge(
+            "rlhf_trainer_rm_live_agreement",
+            "Share of the rankings that arrived since the promoted reward model was trained that it orders like the"
+            " annotators (measured before training on them; NaN until measured).", registry=registry)
+        self.rm_live_agreement.set(float("nan"))
         self.kl = Gauge("rlhf_trainer_kl", "KL of the last candidate policy to its reference.", registry=registry)
-        self.win_rate = Gauge("rlhf_trainer_win_rate", "Win rate of the last candidate vs the previous policy.",
-                              registry=registry)
+        self.win_rate = Gauge("rlhf_trainer_win_rate",
+                              "Win rate (ties half) of the last candidate vs the incumbent on held-out prompts, by the"
+                              " independent judge.", registry=registry)
+        self.p_value = Gauge("rlhf_trainer_win_p_value",
+                             "One-sided sign-test p-value of that comparison (gate: at most alpha).", registry=registry)
         self.new_preferences = Gauge("rlhf_trainer_preferences_since_last_training",
                                      "Stored preferences not yet used by a finished training run.", registry=registry)
         self.stored = Counter("rlhf_trainer_stored_total", "Events stored, by kind and whether new or a duplicate.",
@@ -35,8 +41,8 @@ class TrainerMetrics:
         for key, value in metrics.items():
             if key.startswith("stage_seconds_"):
                 self.stage_seconds.labels(key.removeprefix("stage_seconds_")).observe(value)
-        for key, gauge in (("rm_accuracy", self.rm_accuracy), ("reward_mean", self.reward_mean), ("kl", self.kl),
-                           ("win_rate", self.win_rate)):
+        for key, gauge in (("rm_accuracy", self.rm_accuracy), ("rm_live_agreement", self.rm_live_agreement),
+                           ("kl", self.kl), ("win_rate", self.win_rate), ("p_value", self.p_value)):
             if key in metrics:
                 gauge.set(metrics[key])
 

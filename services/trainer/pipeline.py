@@ -2,6 +2,15 @@
 publish. Runs inside the job process (see run_job.py); every stage boundary is a
 `TrainingRunStatus` event.
 
+- reward_model: first the *live agreement* — the promoted reward model scores the
+  rankings that arrived since it was trained, the honest number for how well it
+  predicts annotators on traffic it never saw; then a new model on every training
+  pair so far, gated on held-out pairs.
+- policy: the candidate starts from the promoted policy's adapter (policies build on
+  each other); KL is measured against the base or the incumbent (`reference`).
+- evaluate: candidate vs incumbent on held-out prompts, judged independently of the
+  reward model the candidate was optimised against (judge.py, gates.py).
+
 Nothing becomes visible before the publish stage, and publishing is a rename per
 model (registry.py). Before publishing, the run checks it still holds the run lock:
 if the service restarted and reclaimed the lock (marking this run failed), an
@@ -10,25 +19,32 @@ orphaned job must not publish behind its back.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.models.reward import RewardModel
+
 from .evaluate import evaluate_policy
+from .features import FeatureCache
 from .gates import GateResult, policy_gate, reward_model_gate
+from .judge import FoldEnsembleJudge, Judge, RewardModelJudge
 from .policy.base import PolicyData, PolicyTrainConfig, get_optimizer
 from .registry import ModelRegistry
 from .reporting import RunReporter
-from .reward_model import RewardModelConfig, RewardScorer, pair_rows, train_reward_model
+from .reward_model import RewardModelConfig, accuracy, load_version, pair_rows, train_finetuned, train_head
 from .settings import TrainerOptions
-from .store import PreferenceRow, PreferenceStore, is_heldout
+from .store import PreferenceRow, PreferenceStore, is_heldout, prompt_hash
 
 log = logging.getLogger(__name__)
+
+Prompt = list[dict[str, str]]
 
 
 class RunAborted(RuntimeError):
@@ -39,8 +55,8 @@ class RunAborted(RuntimeError):
 class Snapshot:
     train: list[PreferenceRow]
     heldout: list[PreferenceRow]
-    train_prompts: list[list[dict[str, str]]]
-    heldout_prompts: list[list[dict[str, str]]]
+    train_prompts: list[Prompt]
+    heldout_prompts: list[Prompt]
 
     def lineage(self) -> dict[str, Any]:
         rows = self.train + self.heldout
@@ -49,6 +65,9 @@ class Snapshot:
                 "seq_range": [min(r.seq for r in rows), max(r.seq for r in rows)] if rows else None,
                 "time_range": [times[0], times[-1]] if times else None,
                 "guideline_versions": sorted({r.guideline_version for r in rows})}
+
+    def since(self, seq: int) -> list[PreferenceRow]:
+        return [r for r in self.train + self.heldout if r.seq > seq]
 
 
 def take_snapshot(store: PreferenceStore, watermark: int, heldout_fraction: float) -> Snapshot:
@@ -61,6 +80,28 @@ def take_snapshot(store: PreferenceStore, watermark: int, heldout_fraction: floa
     return Snapshot(train, heldout,
                     [m for h, m in prompts if not is_heldout(h, heldout_fraction)],
                     [m for h, m in prompts if is_heldout(h, heldout_fraction)])
+
+
+def load_eval_prompts(path: str) -> list[Prompt]:
+    """A fixed evaluation set (JSONL of {"messages": [...]}), beside held-out traffic."""
+    if not path:
+        return []
+    prompts = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            prompts.append([{"role": m["role"], "content": m["content"]} for m in json.loads(line)["messages"]])
+    return prompts
+
+
+def evaluation_prompts(snap: Snapshot, eval_file: str, limit: int) -> list[Prompt]:
+    seen: set[str] = set()
+    chosen: list[Prompt] = []
+    for prompt in [*snap.heldout_prompts, *[p.prompt for p in snap.heldout], *load_eval_prompts(eval_file)]:
+        key = prompt_hash(prompt)
+        if key not in seen:
+            seen.add(key)
+            chosen.append(prompt)
+    return chosen[:limit]
 
 
 def code_version() -> str:
@@ -81,6 +122,7 @@ class TrainingRun:
     registry: ModelRegistry
     reporter: RunReporter
     device: str = "cpu"
+    work_dir: Path | None = None  # feature and evaluation caches (DATA_DIR/trainer)
     metrics: dict[str, float] = field(default_factory=dict)
     preference_count: int = 0
 
@@ -99,9 +141,15 @@ class TrainingRun:
         if holder is None or holder.run_id != self.run_id:
             raise RunAborted(f"run {self.run_id} no longer holds the run lock")
 
+    def _backbone(self) -> RewardModel:
+        hyper = self.options.hyper
+        return RewardModel.frozen_backbone(self.options.reward_base_model, hyper.rm_layers, self.device,
+                                           hyper.max_length)
+
     def execute(self) -> str:
         """Run every stage; returns the terminal state (succeeded | gated)."""
         opts, hyper = self.options, self.options.hyper
+        cache = FeatureCache(self.work_dir / "features.sqlite") if self.work_dir else None
         self.reporter.state(self.run_id, "started")
         with self.stage("snapshot"):
             snap = take_snapshot(self.store, self.watermark, opts.heldout_fraction)
@@ -110,77 +158,124 @@ class TrainingRun:
                                  f"{len(snap.heldout)} held-out (more distinct prompts needed)")
             lineage = snap.lineage()
             self.preference_count = len(snap.train) + len(snap.heldout)
-        hyperparameters = hyper.model_dump()
-        common_manifest = {"run_id": self.run_id, "preferences": lineage, "hyperparameters": hyperparameters,
+        common_manifest = {"run_id": self.run_id, "preferences": lineage, "hyperparameters": hyper.model_dump(),
                            "code_version": code_version(), "algorithm": opts.algorithm}
 
         with self.stage("reward_model"):
+            backbone = self._backbone()
             prev_rm = self.registry.pointer("reward", "promoted")
-            init = str(self.registry.path("reward", prev_rm)) if prev_rm else opts.reward_base_model
+            previous = (load_version(self.registry.path("reward", prev_rm), backbone, self.device, hyper.max_length)
+                        if prev_rm else None)
+            if previous is not None:
+                fresh = snap.since(self.registry.trained_upto("reward", prev_rm))
+                if fresh:
+                    self.metrics["rm_live_agreement"] = accuracy(previous, fresh, cache)
+                    self.metrics["rm_live_pairs"] = len(fresh)
             rm_dir = self.registry.staging(self.run_id, "reward")
-            rm = train_reward_model(RewardModelConfig(
-                init_path=init, output_dir=rm_dir, epochs=hyper.rm_epochs, batch_size=hyper.rm_batch_size,
-                learning_rate=hyper.rm_learning_rate, max_length=hyper.max_length, seed=hyper.seed,
-                device=self.device), pair_rows(snap.train))
-            accuracy = RewardScorer(rm_dir, hyper.max_length, self.device).accuracy(snap.heldout)
-            prev_accuracy = (RewardScorer(init, hyper.max_length, self.device).accuracy(snap.heldout)
-                             if prev_rm else None)
-            rm_gate = reward_model_gate(accuracy, prev_accuracy, opts.gates)
-            self.metrics.update({"rm_accuracy": accuracy, "rm_train_loss": rm.train_loss,
-                                 "rm_pairs_per_s": rm.pairs_per_s})
+            rm_config = RewardModelConfig(
+                output_dir=rm_dir, mode=hyper.rm_mode, layers=hyper.rm_layers, l2=hyper.rm_l2,
+                init_path=(str(self.registry.path("reward", prev_rm))
+                           if prev_rm and (self.registry.path("reward", prev_rm) / "config.json").is_file()
+                           else opts.reward_base_model),
+                epochs=hyper.rm_epochs, batch_size=hyper.rm_batch_size, learning_rate=hyper.rm_learning_rate,
+                max_length=hyper.max_length, seed=hyper.seed, device=self.device)
+            if hyper.rm_mode == "head":
+                rm = train_head(backbone, snap.train, rm_config, cache)
+                new_rm: Any = backbone  # its head is the new one now
+            else:
+                rm = train_finetuned(snap.train, rm_config)
+                new_rm = RewardModel.load(rm_dir, self.device, hyper.max_length)
+            rm_accuracy = accuracy(new_rm, snap.heldout, cache)
+            prev_accuracy = accuracy(previous, snap.heldout, cache) if previous is not None else None
+            rm_gate = reward_model_gate(rm_accuracy, prev_accuracy, opts.gates)
+            self.metrics.update({"rm_accuracy": rm_accuracy, "rm_train_loss": rm.train_loss,
+                                 "rm_pairs_per_s": rm.pairs_per_s, "rm_heldout_pairs": len(snap.heldout)})
             if prev_accuracy is not None:
                 self.metrics["rm_previous_accuracy"] = prev_accuracy
             self._check_owner()
             rm_version = self.registry.publish("reward", rm_dir, {
-                **common_manifest, "parent_version": prev_rm, "base_model": init,
+                **common_manifest, "parent_version": prev_rm, "mode": hyper.rm_mode,
+                "backbone": opts.reward_base_model,
                 "metrics": {k: v for k, v in self.metrics.items() if k.startswith("rm_")},
                 "gate": {"passed": rm_gate.passed, "reasons": rm_gate.reasons}})
             if rm_gate.passed:
                 self.registry.set_pointer("reward", "promoted", rm_version)
+            del new_rm, previous, backbone
         if not rm_gate.passed:
             return self._finish("gated", rm_gate, model_version=None, rm_version=rm_version)
 
+        incumbent = self.registry.pointer("policy", "promoted")
+        incumbent_dir = self.registry.path("policy", incumbent) if incumbent else None
         with self.stage("policy"):
             policy_dir = self.registry.staging(self.run_id, "policy")
-            optimizer = get_optimizer(opts.algorithm)
             prompts = snap.train_prompts or [p.prompt for p in snap.train]
-            result = optimizer.train(
+            result = get_optimizer(opts.algorithm).train(
                 PolicyTrainConfig(base_model=opts.base_model, reward_model=str(self.registry.path("reward", rm_version)),
-                                  output_dir=policy_dir, hyper=hyper, device=self.device),
+                                  output_dir=policy_dir, hyper=hyper, device=self.device,
+                                  init_adapter=str(incumbent_dir) if incumbent_dir and hyper.continue_from_promoted
+                                  else None, reference=hyper.reference),
                 PolicyData(prompts=prompts, pairs=pair_rows(snap.train)))
             self.metrics.update(result.metrics)
             self.metrics["policy_episodes_per_s"] = result.episodes_per_s
 
         with self.stage("evaluate"):
-            prev_policy = self.registry.pointer("policy", "promoted")
-            eval_prompts = (snap.heldout_prompts or [p.prompt for p in snap.heldout])[: opts.gates.eval_prompts]
-            ev = evaluate_policy(
-                base_model=opts.base_model, candidate_adapter=policy_dir,
-                previous_adapter=self.registry.path("policy", prev_policy) if prev_policy else None,
-                reward_model=self.registry.path("reward", rm_version), prompts=eval_prompts,
-                max_new_tokens=hyper.response_length, max_length=hyper.max_length, seed=hyper.seed,
-                device=self.device)
-            gate = policy_gate(ev, opts.gates)
-            self.metrics.update(ev.as_metrics())
+            judge = self._judge(snap, prev_rm_for_judge=self._judge_rm(rm_version), cache=cache)
+            evaluation = evaluate_policy(
+                base_model=opts.base_model, candidate_adapter=policy_dir, incumbent=incumbent,
+                incumbent_adapter=incumbent_dir, reference=hyper.reference, judge=judge,
+                prompts=evaluation_prompts(snap, opts.eval_prompts_file, opts.gates.eval_prompts),
+                max_new_tokens=hyper.response_length, temperature=hyper.temperature, seed=hyper.seed,
+                device=self.device, cache_dir=self.work_dir / "eval-cache" if self.work_dir else None)
+            gate = policy_gate(evaluation.result, opts.gates)
+            self.metrics.update(evaluation.result.as_metrics())
+            del judge
 
         with self.stage("publish"):
             self._check_owner()
+            parent_lineage = self.registry.manifest("policy", incumbent).get("lineage", []) if incumbent else []
             version = self.registry.publish("policy", policy_dir, {
-                **common_manifest, "parent_version": prev_policy, "base_model": opts.base_model,
-                "reward_model_version": rm_version, "metrics": dict(self.metrics),
+                **common_manifest, "parent_version": incumbent, "base_model": opts.base_model,
+                "init": {"from": incumbent if result.init == "continued" else None, "kind": result.init,
+                         "note": result.init_note},
+                "lineage": [*parent_lineage, incumbent] if incumbent else [],
+                "reference": hyper.reference, "reward_model_version": rm_version, "metrics": dict(self.metrics),
+                "evaluation": {**asdict(evaluation.result), "examples": evaluation.examples},
                 "gate": {"passed": gate.passed, "reasons": gate.reasons}})
             update = dict(model_version=version, run_id=self.run_id, base_model=opts.base_model,
                           adapter_uri=self.registry.path("policy", version).resolve().as_uri(),
-                          reward_model_version=rm_version, previous_version=prev_policy,
+                          reward_model_version=rm_version, previous_version=incumbent,
                           gate_passed=gate.passed, gate_reasons=gate.reasons, metrics=dict(self.metrics))
             self.reporter.model_update(action="published", **update)  # type: ignore[arg-type]
             if gate.passed:
                 self.registry.set_pointer("policy", "promoted", version)
                 self.reporter.model_update(action="promoted", canary_fraction=opts.canary_fraction,
                                            **update)  # type: ignore[arg-type]
+        if cache is not None:
+            cache.close()
         return self._finish("succeeded" if gate.passed else "gated", gate, model_version=version, rm_version=rm_version)
 
+    def _judge_rm(self, this_rm: str) -> str | None:
+        """The reward model promoted before this run's (for `judge=previous_rm`)."""
+        promoted = self.registry.pointer("reward", "promoted")
+        if promoted != this_rm:
+            return promoted
+        return self.registry.manifest("reward", this_rm).get("parent_version")
+
+    def _judge(self, snap: Snapshot, prev_rm_for_judge: str | None, cache: FeatureCache | None) -> Judge:
+        gates, hyper = self.options.gates, self.options.hyper
+        backbone = self._backbone()
+        if gates.judge == "previous_rm" and prev_rm_for_judge:
+            model = load_version(self.registry.path("reward", prev_rm_for_judge), backbone, self.device,
+                                 hyper.max_length)
+            return RewardModelJudge(model, cache)
+        judge = FoldEnsembleJudge.fit(backbone, snap.train, gates.judge_folds, hyper.rm_l2, cache)
+        self.metrics["judge_fold_accuracy"] = sum(judge.fold_accuracy) / max(1, len(judge.fold_accuracy))
+        return judge
+
     def _finish(self, state: str, gate: GateResult, *, model_version: str | None, rm_version: str) -> str:
+        import resource
+
+        self.metrics["job_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         reason = "; ".join(gate.reasons) if gate.reasons else None
         self.reporter.state(self.run_id, state, reason=reason, metrics=dict(self.metrics),
                             model_version=model_version or rm_version,

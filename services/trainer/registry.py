@@ -79,7 +79,41 @@ class ModelRegistry:
         version = json.loads(file.read_text()).get("version")
         return version if version and (self.path(kind, version) / MANIFEST).is_file() else None
 
+    def trained_upto(self, kind: Kind, version: str) -> int:
+        """The highest preference `seq` the version was trained on (0 if unknown):
+        preferences above it are data the version has never seen."""
+        seq_range = (self.manifest(kind, version).get("preferences") or {}).get("seq_range")
+        return int(seq_range[1]) if seq_range else 0
+
+    def last_good(self, kind: Kind, version: str) -> str | None:
+        """What a rollback of `version` returns to: its parent (the version promoted
+        before it), skipping any that were rolled back themselves."""
+        rolled_back = set(self.rolled_back(kind))
+        parent = self.manifest(kind, version).get("parent_version")
+        while parent and parent in rolled_back:
+            parent = self.manifest(kind, parent).get("parent_version")
+        return parent
+
+    def rolled_back(self, kind: Kind) -> list[str]:
+        file = self.root / kind / "rolled_back.json"
+        return list(json.loads(file.read_text()).get("versions", [])) if file.is_file() else []
+
     # -- writing ----------------------------------------------------------------------
+
+    def rollback(self, kind: Kind, version: str) -> str | None:
+        """Mark `version` rolled back and, if it is promoted, move the promoted pointer
+        to its last good version (None: back to the base). Idempotent: a rollback
+        heard twice changes nothing the second time. Returns the version now promoted."""
+        marked = self.rolled_back(kind)
+        if version not in marked:
+            write_json_atomic(self.root / kind / "rolled_back.json", {"versions": [*marked, version]})
+        target = self.last_good(kind, version)
+        if self.pointer(kind, "promoted") == version:
+            if target:
+                self.set_pointer(kind, "promoted", target)
+            else:
+                (self.root / kind / "promoted.json").unlink(missing_ok=True)
+        return self.pointer(kind, "promoted")
 
     def next_version(self, kind: Kind) -> str:
         numbers = [int(v.rsplit("-v", 1)[1]) for v in self.versions(kind)]

@@ -47,17 +47,20 @@ def run(job: dict[str, Any]) -> int:
     reporter = RunReporter(store, lambda topic, event: producer.publish(topic, event, timeout_s=30),
                            settings.trainer)
     try:
-        if settings.trainer.build_tiny_models:
-            from .tiny_models import ensure_tiny_models
-
-            ensure_tiny_models(settings.trainer.base_model, settings.trainer.reward_base_model)
+        for path in {settings.trainer.base_model, settings.trainer.reward_base_model}:
+            if not (Path(path) / "config.json").is_file():
+                raise FileNotFoundError(f"no model at {path}: run `rlhf-loop models smollm2 {path}` or set "
+                                        "RLHF_TRAINER__BASE_MODEL / RLHF_TRAINER__REWARD_BASE_MODEL")
         device = resolve_device(settings.trainer.device)
         import torch
 
+        if settings.trainer.torch_threads:
+            torch.set_num_threads(settings.trainer.torch_threads)
         torch.manual_seed(settings.trainer.hyper.seed)
         logging.getLogger(__name__).info("run %s on %s", run_id, device)
         TrainingRun(run_id=run_id, watermark=int(job["watermark"]), options=settings.trainer, store=store,
-                    registry=ModelRegistry(data_dir / "registry"), reporter=reporter, device=device).execute()
+                    registry=ModelRegistry(data_dir / "registry"), reporter=reporter, device=device,
+                    work_dir=data_dir / "trainer").execute()
         return 0
     except RunAborted as error:
         logging.getLogger(__name__).error("%s", error)

@@ -141,6 +141,27 @@ class RunCoordinator:
         if self.on_finished:
             self.on_finished(run_id, outcome)
 
+    def rollback(self, version: str | None, reason: str) -> tuple[str, str | None]:
+        """An operator's rollback: `version` (default: the promoted one) is marked rolled
+        back, the promoted pointer returns to its last good version, and `rolled_back`
+        tells every policy server. Returns (rolled back, now promoted)."""
+        with self._guard:
+            version = version or self.registry.pointer("policy", "promoted")
+            if not version or version not in self.registry.versions("policy"):
+                raise RunRejected(f"no such policy version: {version!r}", 404 if version else 409)
+            target = self.registry.rollback("policy", version)
+            manifest = self.registry.manifest("policy", version)
+            self.reporter.model_update(
+                action="rolled_back", model_version=version, run_id=manifest.get("run_id"),
+                base_model=str(manifest.get("base_model") or self.settings.trainer.base_model),
+                adapter_uri=self.registry.path("policy", version).resolve().as_uri(),
+                reward_model_version=manifest.get("reward_model_version"), previous_version=target,
+                gate_passed=bool(manifest.get("gate", {}).get("passed", False)), gate_reasons=[reason[:500]],
+                metrics={})
+            self.refresh_gauges()
+            log.warning("policy %s rolled back (%s); promoted is now %s", version, reason, target or "the base")
+            return version, target
+
     def active_run(self) -> str | None:
         holder = self.store.lock_holder()
         return holder.run_id if holder else None

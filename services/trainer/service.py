@@ -73,7 +73,8 @@ def run_service(settings: TrainerSettings, stop: threading.Event, *, registry: C
         scheduler = start_scheduler(trigger, settings.trainer.check_interval_s)
         stack.callback(scheduler.shutdown, wait=False)
         spec = ConsumerSpec(name="trainer", group_id=settings.trainer.group_id,
-                            topics=[t["preferences"], t["outputs"]], handler=make_store_handler(store, metrics),
+                            topics=[t["preferences"], t["outputs"], t["updates"]],
+                            handler=make_store_handler(store, metrics, coordinator.registry),
                             produces=[t["runs"], t["updates"]])
         run_consumer_service(spec, settings, stop, registry=registry, on_started=on_started,
                              http_server=functools.partial(TrainerHttpServer, coordinator=coordinator))

@@ -1,5 +1,10 @@
 """Trainer options: `RLHF_TRAINER__<OPTION>` in the environment (nested with `__`,
-e.g. `RLHF_TRAINER__GATES__MIN_RM_ACCURACY=0.6`)."""
+e.g. `RLHF_TRAINER__GATES__ALPHA=0.01`).
+
+The defaults are production defaults for SmolLM2-class models; `services/catalog.py`
+(`DEMO_ENV`) shortens them so a laptop completes a cycle in minutes. Why each
+measured value is what it is: docs/trainer.md ("Choosing the defaults").
+"""
 
 from __future__ import annotations
 
@@ -14,34 +19,59 @@ from shared.settings import ServiceSettings
 class Hyperparameters(BaseModel):
     """What a run trains with; copied into every manifest."""
 
-    rm_epochs: float = Field(default=1.0, gt=0)
-    rm_batch_size: int = Field(default=8, ge=1)
-    rm_learning_rate: float = Field(default=1e-4, gt=0)
+    # reward model
+    rm_mode: Literal["head", "finetune"] = Field(
+        default="head", description="head: linear head on the frozen base backbone; finetune: TRL RewardTrainer")
+    rm_layers: int = Field(default=0, ge=0, description="backbone layers the head reads (0 = all)")
+    rm_l2: float = Field(default=1.0, ge=0, description="L2 penalty of the head (standardised features)")
+    rm_epochs: float = Field(default=1.0, gt=0, description="finetune mode")
+    rm_batch_size: int = Field(default=8, ge=1, description="finetune mode")
+    rm_learning_rate: float = Field(default=1e-4, gt=0, description="finetune mode")
     max_length: int = Field(default=256, ge=16, description="token cap for prompt+answer")
+    # policy: where it starts and what KL is measured against
+    continue_from_promoted: bool = Field(default=True, description="start from the promoted adapter, not the base")
+    reference: Literal["base", "previous"] = Field(
+        default="base", description="KL reference: the base model, or the promoted version (a trust region)")
     policy_batch_size: int = Field(default=8, ge=1)
-    policy_learning_rate: float = Field(default=1e-5, gt=0)
-    ppo_episodes: int = Field(default=64, ge=1, description="PPO total episodes (prompts rolled out)")
-    ppo_epochs: int = Field(default=1, ge=1)
-    response_length: int = Field(default=32, ge=1, description="tokens generated per rollout")
-    kl_coef: float = Field(default=0.05, ge=0)
+    policy_learning_rate: float = Field(default=5e-4, gt=0)
+    temperature: float = Field(default=0.7, gt=0, description="sampling temperature of rollouts and evaluation")
+    response_length: int = Field(default=48, ge=1, description="tokens generated per rollout / evaluation answer")
+    # ppo
+    ppo_episodes: int = Field(default=96, ge=1, description="PPO total episodes (prompts rolled out)")
+    ppo_epochs: int = Field(default=2, ge=1)
+    ppo_mini_batches: int = Field(default=2, ge=1)
+    kl_coef: float = Field(default=0.02, ge=0, description="KL penalty (PPO kl_coef; GRPO/RLOO beta)")
+    whiten_rewards: bool = False
+    missing_eos_penalty: float | None = Field(
+        default=None, description="a fixed penalty for answers cut at the cap; unset: the reward model decides")
+    # grpo / rloo
+    num_generations: int = Field(default=4, ge=2, description="answers per prompt (GRPO/RLOO groups)")
+    group_steps: int = Field(default=12, ge=1, description="GRPO/RLOO optimiser steps")
+    # dpo
     dpo_steps: int = Field(default=10, ge=1)
     dpo_beta: float = Field(default=0.1, gt=0)
-    lora_r: int = Field(default=8, ge=1)
-    lora_alpha: int = Field(default=16, ge=1)
-    lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    # lora
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_target_modules: list[str] | str = Field(default="all-linear")
     seed: int = 0
 
 
 class GateThresholds(BaseModel):
-    """A run whose candidate misses one of these is published but not promoted."""
+    """A candidate that misses one of these is published but not promoted."""
 
     min_rm_accuracy: float = Field(default=0.6, ge=0, le=1.01)
     rm_accuracy_epsilon: float = Field(default=0.02, ge=0, description="allowed drop vs previous RM")
-    reward_epsilon: float = Field(default=0.0, ge=0, description="allowed mean-reward drop vs previous policy")
+    judge: Literal["ensemble", "previous_rm"] = Field(
+        default="ensemble", description="who judges candidate vs incumbent: heads trained on disjoint folds of the"
+                                        " training pairs, or the previously promoted reward model")
+    judge_folds: int = Field(default=3, ge=2)
+    eval_prompts: int = Field(default=64, ge=1, description="held-out prompts per evaluation (at most)")
+    min_eval_prompts: int = Field(default=32, ge=1, description="fewer held-out prompts: no promotion")
+    alpha: float = Field(default=0.05, gt=0, le=1, description="one-sided sign-test level: candidate beats incumbent")
+    min_win_rate: float = Field(default=0.55, ge=0, le=1.01, description="effect size: wins + ties/2 over prompts")
     max_kl: float = Field(default=10.0, ge=0, description="mean sequence KL to the reference")
-    min_win_rate: float = Field(default=0.5, ge=0, le=1.01)
     max_degenerate_rate: float = Field(default=0.2, ge=0, le=1)
-    eval_prompts: int = Field(default=32, ge=1, description="held-out prompts scored per gate check")
 
 
 class TrainerOptions(BaseModel):
@@ -56,14 +86,16 @@ class TrainerOptions(BaseModel):
     check_interval_s: float = Field(default=30.0, gt=0, description="how often the trigger job looks")
     min_preferences: int = Field(default=4, ge=2, description="a manual run needs at least this many")
     heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of prompts held out (by hash)")
+    eval_prompts_file: str = Field(default="", description="JSONL of {'messages': [...]}: a fixed evaluation set"
+                                                           " used beside the held-out traffic prompts")
     lock_stale_s: float = Field(default=120.0, gt=0, description="a run lock whose heartbeat is older is reclaimed")
 
-    algorithm: Literal["ppo", "dpo"] = "ppo"
-    base_model: str = Field(default="", description="policy base (path); empty: DATA_DIR/tiny-models/policy")
-    reward_base_model: str = Field(default="", description="reward model to start from when none is registered;"
-                                   " empty: DATA_DIR/tiny-models/reward-base")
-    build_tiny_models: bool = Field(default=True, description="create tiny models at the paths if missing (demo)")
+    algorithm: Literal["ppo", "rloo", "grpo", "dpo"] = "ppo"
+    base_model: str = Field(default="", description="policy base (path); empty: MODELS_DIR/smollm2-135m-instruct")
+    reward_base_model: str = Field(default="", description="reward backbone (head mode) or the model a finetuned"
+                                   " reward model starts from; empty: the base model")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(default=0, ge=0, description="CPU threads of a training job; 0 = torch's default")
     executor: Literal["local", "kubernetes"] = "local"
     kubernetes_image: str = "rlhf-loop:latest"
     kubernetes_namespace: str = "rlhf"
@@ -82,7 +114,9 @@ class TrainerSettings(ServiceSettings):
     def _default_model_paths(self) -> "TrainerSettings":
         # Relative to the data dir, not the working directory: `up --data-dir X` keeps all state under X.
         if not self.trainer.base_model:
-            self.trainer.base_model = str(Path(self.data_dir) / "tiny-models" / "policy")
+            self.trainer.base_model = self.default_base_model
         if not self.trainer.reward_base_model:
-            self.trainer.reward_base_model = str(Path(self.data_dir) / "tiny-models" / "reward-base")
+            self.trainer.reward_base_model = self.trainer.base_model
+        if self.trainer.eval_prompts_file:
+            self.trainer.eval_prompts_file = str(Path(self.trainer.eval_prompts_file))
         return self

@@ -1,5 +1,5 @@
-"""Tiny models built from config, on disk, offline: what tests, benchmarks and the
-demo fallback train in seconds on a CPU.
+"""Tiny models built from config, on disk, offline: what tests and the throughput
+benchmarks train in seconds on a CPU (the demo runs SmolLM2-135M-Instruct).
 
 The tokenizer is a byte-level BPE trained on a few lines of text at build time, so
 nothing is ever downloaded (HF_HUB_OFFLINE holds) and any text encodes. Policy,
@@ -116,22 +116,3 @@ if __name__ == "__main__":  # python -m services.trainer.tiny_models DIR
     import sys
 
     print(build_tiny_models(sys.argv[1] if len(sys.argv) > 1 else "./.rlhf-loop/tiny-models"))
-
-
-def ensure_tiny_models(policy_path: str | Path, reward_base_path: str | Path) -> None:
-    """Demo fallback: build tiny models where the configured paths are empty. Built
-    beside the target and renamed, so a crash never leaves half a model there."""
-    import os
-    import shutil
-    import tempfile
-
-    for target, build in ((Path(policy_path), build_tiny_policy), (Path(reward_base_path), build_tiny_reward_base)):
-        if target.exists():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            build(tmp / "m")
-            os.rename(tmp / "m", target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -29,11 +29,8 @@ from services.trainer.handlers import make_store_handler
 from services.trainer.jobs import TriggerJob
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.pipeline import TrainingRun
-from services.trainer.policy.base import PolicyData, PolicyTrainConfig
-from services.trainer.policy.dpo import DpoOptimizer
 from services.trainer.registry import ModelRegistry
 from services.trainer.reporting import RunReporter
-from services.trainer.reward_model import pair_rows
 from services.trainer.runs import RunCoordinator, RunRejected
 from services.trainer.service import run_service
 from services.trainer.store import PreferenceStore
@@ -183,13 +180,16 @@ def test_trainer_service_full_run_publishes_and_promotes(kafka: KafkaSettings, p
         assert updates[0].model_version == "policy-v0001" and updates[0].gate_passed
         assert updates[0].reward_model_version == "rm-v0001" and updates[0].run_id == run_id
         policy_dir = tmp_path / "registry" / "policy" / "policy-v0001"
-        assert (policy_dir / "adapter_model.safetensors").is_file() and (policy_dir / "value").is_dir()
+        assert (policy_dir / "adapter_model.safetensors").is_file()
+        assert (tmp_path / "registry" / "reward" / "rm-v0001" / "reward_head.safetensors").is_file()
         manifest = json.loads((policy_dir / "manifest.json").read_text())
         assert manifest["preferences"]["preference_count"] == 24
         assert manifest["preferences"]["guideline_versions"] == ["g1"]
         assert manifest["reward_model_version"] == "rm-v0001" and manifest["parent_version"] is None
         assert manifest["gate"] == {"passed": True, "reasons": []}
-        assert {"rm_accuracy", "reward_mean", "kl", "win_rate", "degenerate_rate"} <= set(manifest["metrics"])
+        assert manifest["init"]["kind"] == "fresh" and manifest["lineage"] == []
+        assert {"rm_accuracy", "win_rate", "p_value", "kl", "degenerate_rate"} <= set(manifest["metrics"])
+        assert manifest["evaluation"]["judge"] == "ensemble" and manifest["evaluation"]["prompts"] >= 1
         assert manifest["hyperparameters"]["lora_r"] == 8 and manifest["code_version"]
         assert json.loads((tmp_path / "registry" / "policy" / "promoted.json").read_text())["version"] == "policy-v0001"
         code, run = http("GET", f"{base}/v1/runs/{run_id}")
@@ -223,8 +223,8 @@ def _run_in_process(tmp_path: Path, kafka: KafkaSettings, topics: dict[str, Topi
 def test_trainer_failing_gate_publishes_candidate_without_promoting(
         kafka: KafkaSettings, trainer_topics: dict[str, Topic], tmp_path: Path,
         tiny_models: tuple[Path, Path]) -> None:
-    gates = {"min_rm_accuracy": 0.0, "min_win_rate": 1.01, "max_degenerate_rate": 1.0, "reward_epsilon": 100.0,
-             "max_kl": 1000.0, "eval_prompts": 4}
+    gates = {"min_rm_accuracy": 0.0, "min_win_rate": 1.01, "max_degenerate_rate": 1.0, "alpha": 1.0,
+             "max_kl": 1000.0, "eval_prompts": 4, "min_eval_prompts": 1}
     state, coordinator = _run_in_process(tmp_path, kafka, trainer_topics, tiny_models, gates=gates)
     assert state == "gated"
     registry = coordinator.registry
@@ -237,30 +237,11 @@ def test_trainer_failing_gate_publishes_candidate_without_promoting(
     assert statuses[-1].state == "gated" and "win_rate" in (statuses[-1].reason or "")
 
 
-def test_trainer_dpo_one_step_moves_only_the_adapter(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
-    from safetensors.torch import load_file
-
-    from services.trainer.settings import Hyperparameters
-
-    hyper = Hyperparameters(dpo_steps=1, policy_batch_size=4, policy_learning_rate=1e-2, max_length=64)
-    prefs = [make_preference(i) for i in range(4)]
-    store = PreferenceStore(tmp_path / "s.sqlite")
-    for p in prefs:
-        store.add_preference(p)
-    result = DpoOptimizer().train(
-        PolicyTrainConfig(base_model=str(tiny_models[0]), reward_model=str(tiny_models[1]), output_dir=tmp_path / "out",
-                          hyper=hyper), PolicyData(prompts=[], pairs=pair_rows(store.preferences_upto(10))))
-    assert result.algorithm == "dpo" and result.episodes == 4
-    weights = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
-    lora_b = [w for name, w in weights.items() if "lora_B" in name]
-    assert lora_b and any(float(w.abs().sum()) > 0 for w in lora_b)  # B starts at zero: it moved
-    assert not any("lora" not in name for name in weights)  # only the adapter is saved; the base stays
-
-
 def test_trainer_killed_job_leaves_no_half_model_and_is_failed(
         kafka: KafkaSettings, trainer_topics: dict[str, Topic], tmp_path: Path,
         tiny_models: tuple[Path, Path]) -> None:
-    hyper = {"rm_epochs": 500, "max_length": 64, "rm_batch_size": 2}  # long enough to be killed mid-training
+    # a fine-tuned reward model for 500 epochs: long enough to be killed mid-training
+    hyper = {"rm_mode": "finetune", "rm_epochs": 500, "max_length": 64, "rm_batch_size": 2}
     coordinator = make_coordinator(tmp_path, kafka, trainer_topics, LocalProcessExecutor(), tiny_models, hyper=hyper)
     for i in range(24):
         coordinator.store.add_preference(make_preference(i))

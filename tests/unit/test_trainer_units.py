@@ -18,6 +18,7 @@ from services.trainer.registry import ModelRegistry
 from services.trainer.run_job import job_payload
 from services.trainer.settings import GateThresholds, TrainerSettings
 from services.trainer.store import PreferenceStore, is_heldout
+from shared.stats import compare
 from tests.trainer_support import make_output, make_preference
 
 
@@ -86,17 +87,34 @@ def test_trainer_trigger_rule() -> None:
     assert not should_trigger(50, 10, None, 0, now=1000, busy=True)
 
 
-def test_trainer_gates() -> None:
-    gates = GateThresholds(min_rm_accuracy=0.6, rm_accuracy_epsilon=0.02, min_win_rate=0.5, max_kl=1.0,
-                           max_degenerate_rate=0.2)
+def evaluation(wins: int, losses: int, ties: int, **extra: float) -> PolicyEval:
+    comparison = compare([1.0] * wins + [0.0] * losses + [0.5] * ties, [0.0] * wins + [1.0] * losses + [0.5] * ties)
+    fields: dict = {"prompts": comparison.n, "wins": wins, "losses": losses, "ties": ties,
+                    "win_rate": comparison.win_rate, "p_value": comparison.p_value, "judge": "ensemble",
+                    "judge_score_delta": 0.0, "kl": 0.5, "kl_base": 0.5, "degenerate_rate": 0.0}
+    return PolicyEval(**{**fields, **extra})
+
+
+def test_trainer_reward_model_gate() -> None:
+    gates = GateThresholds(min_rm_accuracy=0.6, rm_accuracy_epsilon=0.02)
     assert reward_model_gate(0.7, 0.71, gates).passed
     assert not reward_model_gate(0.7, 0.8, gates).passed
     assert not reward_model_gate(0.5, None, gates).passed
-    good = PolicyEval(reward_mean=1.0, previous_reward_mean=0.5, win_rate=0.7, kl=0.5, degenerate_rate=0.0)
-    assert policy_gate(good, gates).passed
-    bad = PolicyEval(reward_mean=0.1, previous_reward_mean=0.5, win_rate=0.2, kl=3.0, degenerate_rate=0.5)
-    reasons = policy_gate(bad, gates).reasons
-    assert len(reasons) == 4 and any("kl" in r for r in reasons)
+
+
+def test_trainer_policy_gate_needs_evidence_an_effect_and_enough_prompts() -> None:
+    gates = GateThresholds(alpha=0.05, min_win_rate=0.55, min_eval_prompts=32, max_kl=1.0, max_degenerate_rate=0.2)
+    assert policy_gate(evaluation(24, 8, 0), gates).passed  # p = 0.0035, win rate 0.75
+    chance = policy_gate(evaluation(18, 14, 0), gates)  # p = 0.30: could be luck
+    assert not chance.passed and "no evidence" in chance.reasons[0] and "p 0.298" in chance.reasons[0]
+    unchanged = policy_gate(evaluation(0, 0, 40), gates)  # every answer the same
+    assert not unchanged.passed and "0 wins, 0 losses, 40 ties" in unchanged.reasons[0]
+    tiny_effect = policy_gate(evaluation(300, 240, 460), gates)  # significant, but a win rate of 0.53
+    assert not tiny_effect.passed and tiny_effect.reasons == ["win_rate 0.530 < min 0.550"]
+    few = policy_gate(evaluation(10, 0, 0), gates)
+    assert not few.passed and few.reasons == ["only 10 held-out prompts < min 32"]
+    unsafe = policy_gate(evaluation(30, 2, 0, kl=3.0, degenerate_rate=0.5), gates)
+    assert len(unsafe.reasons) == 2 and any("kl" in r for r in unsafe.reasons)
     assert is_degenerate("") and is_degenerate("la " * 20) and not is_degenerate("a short fine answer")
 
 
@@ -141,4 +159,7 @@ def test_trainer_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     s = TrainerSettings()
     assert (s.trainer.threshold, s.trainer.algorithm, s.trainer.gates.min_win_rate, s.trainer.hyper.lora_r) == (
         7, "dpo", 0.55, 4)
-    assert s.trainer.base_model == os.path.join(str(tmp_path), "tiny-models", "policy")
+    assert s.trainer.base_model == os.path.join(str(tmp_path), "models", "smollm2-135m-instruct")
+    assert s.trainer.reward_base_model == s.trainer.base_model  # the reward head reads the policy's own backbone
+    monkeypatch.setenv("RLHF_MODELS_DIR", str(tmp_path / "shared-models"))
+    assert TrainerSettings().trainer.base_model == os.path.join(str(tmp_path), "shared-models", "smollm2-135m-instruct")

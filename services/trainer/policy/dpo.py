@@ -1,14 +1,16 @@
 """DPO step (alternative): offline from the preference pairs, no reward model in the
-loop. TRL's `DPOTrainer` with `peft_config` uses the adapter-disabled policy as the
-reference, like PPO here."""
+loop. The policy starts from the promoted adapter like the online optimisers; the
+reference is the base (adapter disabled) or the incumbent (TRL's own `ref` copy of
+the starting adapter; init.settle_reference)."""
 
 from __future__ import annotations
 
-import shutil
 import time
 
-from ..reward_model import load_tokenizer
-from .base import PolicyData, PolicyResult, PolicyTrainConfig, lora_config
+from shared.models.reward import load_tokenizer
+
+from .base import PolicyData, PolicyResult, PolicyTrainConfig
+from .init import load_policy, save_adapter, settle_reference
 
 
 class DpoOptimizer:
@@ -16,7 +18,6 @@ class DpoOptimizer:
 
     def train(self, config: PolicyTrainConfig, data: PolicyData) -> PolicyResult:
         from datasets import Dataset
-        from transformers import AutoModelForCausalLM
         from trl import DPOConfig, DPOTrainer
 
         from ..device import trl_common_args
@@ -24,22 +25,20 @@ class DpoOptimizer:
         hyper = config.hyper
         tok = load_tokenizer(config.base_model)
         tok.padding_side = "right"  # DPO pads for loss computation, not generation
-        policy = AutoModelForCausalLM.from_pretrained(config.base_model)
+        start = load_policy(config, load_reference=False)
         rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in data.pairs]
         args = DPOConfig(
             output_dir=str(config.output_dir / "_trainer"), per_device_train_batch_size=hyper.policy_batch_size,
             max_steps=hyper.dpo_steps, learning_rate=hyper.policy_learning_rate, beta=hyper.dpo_beta,
             max_length=hyper.max_length, seed=hyper.seed, **trl_common_args(config.device),
         )
-        trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                             peft_config=lora_config(hyper))
+        trainer = DPOTrainer(model=start.model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+        settle_reference(trainer.model, config.reference)
         started = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - started
-        trainer.save_model(str(config.output_dir))
-        shutil.rmtree(config.output_dir / "_trainer", ignore_errors=True)
-        (config.output_dir / "training_args.bin").unlink(missing_ok=True)
-        episodes = hyper.dpo_steps * hyper.policy_batch_size
-        del trainer, policy
-        return PolicyResult(algorithm=self.name, episodes=episodes, seconds=seconds,
-                            metrics={"dpo_loss": float(output.training_loss)})
+        save_adapter(trainer.model, config.output_dir)
+        init, note = start.init, start.note
+        del trainer, start
+        return PolicyResult(algorithm=self.name, episodes=hyper.dpo_steps * hyper.policy_batch_size, seconds=seconds,
+                            metrics={"dpo_loss": float(output.training_loss)}, init=init, init_note=note)

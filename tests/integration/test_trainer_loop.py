@@ -1,0 +1,225 @@
+"""The loop's learning mechanics with tiny models, in the job's own code path
+(TrainingRun) on a real store, registry and feature cache: policies continue from the
+promoted adapter, an adapter that changes nothing is gated, the reward model's live
+agreement is measured on rankings it never trained on, a rollback is where the next
+run continues from, and every optimiser trains only the adapter."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from services.trainer.evaluate import evaluate_policy
+from services.trainer.features import FeatureCache
+from services.trainer.gates import policy_gate
+from services.trainer.judge import FoldEnsembleJudge
+from services.trainer.pipeline import TrainingRun
+from services.trainer.policy.base import PolicyData, PolicyTrainConfig, get_optimizer
+from services.trainer.policy.init import load_policy
+from services.trainer.registry import ModelRegistry
+from services.trainer.reporting import RunReporter
+from services.trainer.reward_model import accuracy, pair_rows
+from services.trainer.settings import GateThresholds, Hyperparameters, TrainerSettings
+from services.trainer.store import PreferenceStore
+from services.trainer.tiny_models import build_tiny_models
+from shared.contracts import Candidate, ChatMessage, Event, Preference, preference_id_for
+from shared.models.reward import RewardModel
+from tests.trainer_support import MODEL, TINY_HYPER, make_preference, trainer_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::FutureWarning"),
+              pytest.mark.filterwarnings("ignore:var\\(\\):UserWarning")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+class Loop:
+    """The trainer's job pipeline, one run after another, in this process."""
+
+    def __init__(self, tmp_path: Path, models: tuple[Path, Path], **options: Any) -> None:
+        self.settings: TrainerSettings = trainer_settings(tmp_path, None, models, **options)
+        self.store = PreferenceStore(tmp_path / "trainer" / "store.sqlite")
+        self.registry = ModelRegistry(tmp_path / "registry")
+        self.events: list[Event] = []
+        self.reporter = RunReporter(self.store, lambda _topic, event: self.events.append(event), self.settings.trainer)
+        self.work_dir = tmp_path / "trainer"
+
+    def add(self, prefs: list[Preference]) -> None:
+        for pref in prefs:
+            self.store.add_preference(pref)
+
+    def run(self) -> tuple[str, TrainingRun]:
+        run_id = f"run-{time.monotonic_ns()}"
+        self.store.create_run(run_id, "test", self.store.max_seq(), self.store.preference_count())
+        self.store.try_lock(run_id, 60)
+        run = TrainingRun(run_id=run_id, watermark=self.store.max_seq(), options=self.settings.trainer,
+                          store=self.store, registry=self.registry, reporter=self.reporter, work_dir=self.work_dir)
+        try:
+            state = run.execute()
+        finally:
+            self.store.release_lock(run_id)
+        self.store.set_run_state(run_id, state)
+        return state, run
+
+
+def flipped(i: int) -> Preference:
+    """The opposite of make_preference's labels, on a prompt of its own."""
+    pid = preference_id_for(f"flipped-{i}", "bad", "good")
+    return Preference(
+        event_id=pid, preference_id=pid, ranking_id=f"frank-{i}", task_id=f"flipped-{i}", output_id=f"fout-{i}",
+        prompt=[ChatMessage(role="user", content=f"another question {i}?")],
+        chosen=Candidate(candidate_id="bad", text="I am sorry, I cannot help", model=MODEL),
+        rejected=Candidate(candidate_id="good", text=f"here is a helpful answer {i}", model=MODEL),
+        margin=1.0, guideline_version="g1")
+
+
+def adapter_weights(model: Any) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+def test_a_candidate_starts_from_the_promoted_adapter_and_carries_its_lineage(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    from safetensors.torch import load_file
+
+    loop = Loop(tmp_path, tiny_models)
+    loop.add([make_preference(i) for i in range(24)])
+    assert loop.run()[0] == "succeeded"
+    v1 = loop.registry.path("policy", "policy-v0001")
+    saved = load_file(str(v1 / "adapter_model.safetensors"))
+    assert any(float(w.abs().sum()) > 0 for name, w in saved.items() if "lora_B" in name)  # v1 learned something
+
+    start = load_policy(PolicyTrainConfig(base_model=str(tiny_models[0]), reward_model="", output_dir=tmp_path / "x",
+                                          hyper=Hyperparameters(**TINY_HYPER), init_adapter=str(v1)))
+    loaded = adapter_weights(start.model)
+    assert start.init == "continued" and len(loaded) == len(saved)
+    for name, weight in saved.items():  # the very weights of the promoted version, trainable
+        key = next(k for k in loaded if k.replace(".default", "").endswith(name.removeprefix("base_model.model.")))
+        assert torch.equal(loaded[key], weight)
+    assert all(p.requires_grad for n, p in start.model.named_parameters() if "lora_" in n)
+
+    loop.add([make_preference(i) for i in range(24, 36)])
+    assert loop.run()[0] == "succeeded"
+    manifest = loop.registry.manifest("policy", "policy-v0002")
+    assert manifest["init"]["from"] == "policy-v0001" and manifest["init"]["kind"] == "continued"
+    assert manifest["parent_version"] == "policy-v0001" and manifest["lineage"] == ["policy-v0001"]
+    v2 = load_file(str(loop.registry.path("policy", "policy-v0002") / "adapter_model.safetensors"))
+    assert any(not torch.equal(v2[k], saved[k]) for k in saved)  # and kept training
+    loop.add([make_preference(i) for i in range(36, 48)])
+    loop.run()
+    assert loop.registry.manifest("policy", "policy-v0003")["lineage"] == ["policy-v0001", "policy-v0002"]
+
+
+def test_a_lora_shape_change_starts_a_fresh_adapter_and_says_why(tmp_path: Path,
+                                                                 tiny_models: tuple[Path, Path]) -> None:
+    loop = Loop(tmp_path, tiny_models)
+    loop.add([make_preference(i) for i in range(24)])
+    loop.run()
+    loop.settings.trainer.hyper.lora_r = 4
+    loop.settings.trainer.hyper.lora_alpha = 8
+    loop.add([make_preference(i) for i in range(24, 36)])
+    loop.run()
+    init = loop.registry.manifest("policy", "policy-v0002")["init"]
+    assert init["kind"] == "fresh" and "r=8" in init["note"] and init["from"] is None
+
+
+def test_an_adapter_that_changes_nothing_is_gated(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    """A real LoRA adapter, freshly initialised (B = 0), against the base: the same
+    seeded answers, all ties, no evidence."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from services.trainer.policy.base import lora_config
+
+    unchanged = tmp_path / "unchanged"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_models[0]),
+                   lora_config(Hyperparameters(**TINY_HYPER))).save_pretrained(unchanged)
+    prefs = [make_preference(i) for i in range(24)]
+    store = PreferenceStore(tmp_path / "s.sqlite")
+    for pref in prefs:
+        store.add_preference(pref)
+    rows = store.preferences_upto(store.max_seq())
+    backbone = RewardModel.frozen_backbone(tiny_models[0], max_length=64)
+    judge = FoldEnsembleJudge.fit(backbone, rows, folds=3, l2=1.0, cache=FeatureCache(tmp_path / "f.sqlite"))
+    prompts = [r.prompt for r in rows]
+    evaluation = evaluate_policy(base_model=str(tiny_models[0]), candidate_adapter=unchanged, incumbent=None,
+                                 incumbent_adapter=None, reference="base", judge=judge, prompts=prompts,
+                                 max_new_tokens=8, temperature=1.0)
+    result = evaluation.result
+    assert (result.wins, result.losses, result.ties) == (0, 0, len(prompts))
+    assert result.p_value == 1.0 and result.kl == 0.0
+    gate = policy_gate(result, GateThresholds(min_eval_prompts=len(prompts)))
+    assert not gate.passed and any("no evidence" in reason for reason in gate.reasons)
+
+
+def test_live_agreement_is_measured_only_on_rankings_the_promoted_model_never_saw(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    loop = Loop(tmp_path, tiny_models)
+    loop.add([make_preference(i) for i in range(24)])
+    loop.run()
+    assert loop.registry.pointer("reward", "promoted") == "rm-v0001"
+    assert loop.registry.trained_upto("reward", "rm-v0001") == 24
+    fresh = [flipped(i) for i in range(12)]  # annotators now prefer the opposite
+    loop.add(fresh)
+    _state, run = loop.run()
+    assert run.metrics["rm_live_pairs"] == 12
+    rows = [r for r in loop.store.preferences_upto(loop.store.max_seq()) if r.seq > 24]
+    promoted = RewardModel.load(loop.registry.path("reward", "rm-v0001"), max_length=64)
+    assert run.metrics["rm_live_agreement"] == accuracy(promoted, rows)  # exactly those 12, scored as trained
+    trained_on = loop.store.preferences_upto(24)
+    assert accuracy(promoted, trained_on) > 0.9 > run.metrics["rm_live_agreement"]  # seen vs unseen
+    rm_manifest = loop.registry.manifest("reward", "rm-v0002")
+    assert rm_manifest["metrics"]["rm_live_agreement"] == run.metrics["rm_live_agreement"]
+    terminal = [e for e in loop.events if getattr(e, "is_terminal", False)][-1]
+    assert terminal.metrics["rm_live_agreement"] == run.metrics["rm_live_agreement"]  # type: ignore[attr-defined]
+
+
+def test_a_rollback_returns_to_the_last_good_version_and_the_next_run_continues_from_it(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    loop = Loop(tmp_path, tiny_models)
+    for start in (0, 24):
+        loop.add([make_preference(i) for i in range(start, start + 24)])
+        loop.run()
+    assert loop.registry.pointer("policy", "promoted") == "policy-v0002"
+    assert loop.registry.rollback("policy", "policy-v0002") == "policy-v0001"
+    assert loop.registry.rollback("policy", "policy-v0002") == "policy-v0001"  # heard twice: no change
+    loop.add([make_preference(i) for i in range(48, 60)])
+    loop.run()
+    manifest = loop.registry.manifest("policy", "policy-v0003")
+    assert manifest["init"]["from"] == "policy-v0001" and manifest["lineage"] == ["policy-v0001"]
+    assert loop.registry.rollback("policy", "policy-v0003") == "policy-v0001"  # skips the rolled-back v2
+    assert loop.registry.rollback("policy", "policy-v0001") is None  # back to the base
+    assert loop.registry.pointer("policy", "promoted") is None
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo", "grpo", "dpo"])
+def test_every_optimiser_trains_only_the_adapter(tmp_path: Path, tiny_models: tuple[Path, Path],
+                                                 algorithm: str) -> None:
+    from safetensors.torch import load_file
+
+    store = PreferenceStore(tmp_path / "s.sqlite")
+    for i in range(8):
+        store.add_preference(make_preference(i))
+    rows = store.preferences_upto(store.max_seq())
+    backbone = RewardModel.frozen_backbone(tiny_models[0], max_length=64)
+    backbone.save_head(tmp_path / "rm", torch.randn(backbone.head.hidden_size))  # type: ignore[union-attr]
+    hyper = Hyperparameters(**{**TINY_HYPER, "policy_learning_rate": 1e-2, "ppo_episodes": 8, "group_steps": 1})
+    result = get_optimizer(algorithm).train(
+        PolicyTrainConfig(base_model=str(tiny_models[0]), reward_model=str(tmp_path / "rm"),
+                          output_dir=tmp_path / "out", hyper=hyper),
+        PolicyData(prompts=[r.prompt for r in rows], pairs=pair_rows(rows)))
+    assert result.algorithm == algorithm and result.episodes > 0 and result.init == "fresh"
+    weights = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and any(float(w.abs().sum()) > 0 for w in lora_b)  # B starts at zero: it moved
+    assert not any("lora" not in name for name in weights)  # only the adapter is saved; the base stays
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter_config.json",
+                                                                     "adapter_model.safetensors"]
