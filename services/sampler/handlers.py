@@ -40,7 +40,8 @@ from .novelty import NoveltyMemory
 from .redaction import Redactor
 from .reward_scorer import RewardScorer
 from .rules import SamplingRule
-from .scoring import feedback_score, normalized_prompt_hash, prompt_text, reward_margin, stable_fraction
+from .scoring import (feedback_score, normalized_prompt_hash, prompt_messages, prompt_text, reward_margin,
+                      stable_fraction)
 from .store import Decision, HeldItem, SamplerStore
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class Sampler:
     def _judge_uncertainty(self, rule: SamplingRule, output: ModelOutput, coin: float) -> Verdict:
         rewards = None
         if self._reward is not None and len(output.candidates) >= 2:
-            rewards = self._reward.rewards(prompt_text(output), [c.text for c in output.candidates])
+            rewards = self._reward.rewards(prompt_messages(output), [c.text for c in output.candidates])
         if rewards is None:
             self._metrics.uncertainty_fallbacks.inc()
             return Verdict(coin < rule.fallback_rate, 0.0, coin)

@@ -1,8 +1,10 @@
 """Scores candidates with the current reward model, for the uncertainty strategy.
 
-The model comes from the trainer's registry; until the trainer has published one the
-scorer answers None and the rule falls back to its `fallback_rate`. A new version is
-picked up when the registry pointer changes (checked at most every `refresh_s`).
+The model comes from the trainer's registry and is read exactly as the trainer reads
+it (shared.models.reward: the same rendering of prompt + answer, the same head), so
+a margin here is a margin the trainer would see. Until the trainer has published one
+the scorer answers None and the rule falls back to its `fallback_rate`. A new version
+is picked up when the registry pointer changes (checked at most every `refresh_s`).
 """
 
 from __future__ import annotations
@@ -14,20 +16,22 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from shared.models.reward import RewardModel, is_reward_model
+
 log = logging.getLogger(__name__)
 
 # Returns the directory of the reward model to use, or None when there is none yet.
 ModelLocator = Callable[[], Path | None]
+Prompt = Sequence[dict[str, str]]
 
 
 class RewardScorer:
-    def __init__(self, locate: ModelLocator, refresh_s: float = 30.0, max_length: int = 512) -> None:
+    def __init__(self, locate: ModelLocator, refresh_s: float = 30.0, max_length: int = 256) -> None:
         self._locate = locate
         self._refresh_s = refresh_s
         self._max_length = max_length
         self._loaded_from: Path | None = None
-        self._model = None
-        self._tokenizer = None
+        self._model: RewardModel | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
 
@@ -35,18 +39,12 @@ class RewardScorer:
     def version(self) -> str | None:
         return self._loaded_from.name if self._loaded_from else None
 
-    def rewards(self, prompt: str, answers: Sequence[str]) -> list[float] | None:
+    def rewards(self, prompt: Prompt, answers: Sequence[str]) -> list[float] | None:
         self._maybe_reload()
-        if self._model is None or self._tokenizer is None:
+        model = self._model
+        if model is None:
             return None
-        import torch
-
-        texts = [f"{prompt}\nassistant: {answer}" for answer in answers]
-        batch = self._tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                                max_length=self._max_length)
-        with torch.no_grad():
-            logits = self._model(**batch).logits
-        return [float(v) for v in logits[:, 0]]
+        return model.score([prompt] * len(answers), list(answers))
 
     def _maybe_reload(self) -> None:
         if time.monotonic() - self._checked_at < self._refresh_s and self._model is not None:
@@ -60,22 +58,15 @@ class RewardScorer:
                 return
             if path is None or path == self._loaded_from:
                 return
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-            model.config.pad_token_id = tokenizer.pad_token_id
-            model.eval()
-            self._model, self._tokenizer, self._loaded_from = model, tokenizer, path
+            self._model = RewardModel.load(path, max_length=self._max_length)
+            self._loaded_from = path
             log.info("uncertainty sampling now uses reward model %s", path)
 
 
 def directory_locator(directory: str | None) -> ModelLocator:
     """A fixed directory (or none): for setups without a registry."""
     path = Path(directory) if directory else None
-    return lambda: path if path is not None and (path / "config.json").exists() else None
+    return lambda: path if path is not None and is_reward_model(path) else None
 
 
 def registry_locator(registry_dir: str | Path, pointer: str = "promoted") -> ModelLocator:
@@ -89,6 +80,6 @@ def registry_locator(registry_dir: str | Path, pointer: str = "promoted") -> Mod
             return None
         version = json.loads(pointer_file.read_text())["version"]
         path = root / version
-        return path if (path / "config.json").exists() else None
+        return path if (path / "manifest.json").exists() and is_reward_model(path) else None
 
     return locate

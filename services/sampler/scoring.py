@@ -28,6 +28,12 @@ def prompt_text(output: ModelOutput) -> str:
     return "\n".join(f"{m.role}: {m.content}" for m in output.conversation)
 
 
+def prompt_messages(output: ModelOutput) -> list[dict[str, str]]:
+    """The conversation the answers reply to, as chat messages (what a reward model renders)."""
+    messages = [{"role": m.role, "content": m.content} for m in output.conversation]
+    return messages[:-1] if len(messages) > 1 and messages[-1]["role"] == "assistant" else messages
+
+
 def normalized_prompt_hash(output: ModelOutput) -> str:
     """Same hash for prompts that differ only in case, punctuation or spacing."""
     last_user = next((m.content for m in reversed(output.conversation) if m.role == "user"),

