@@ -24,24 +24,22 @@ EMBEDDED_LOOP: tuple[str, ...] = (
     "capture", "sampler", "annotation", "trainer", "policy-server", "event-logger", "demo",
 )
 
-# Settings that make the embedded demo complete a full cycle in minutes on a laptop
-# CPU: every output sampled, a low training threshold, small training steps, and a
-# canary that graduates quickly. A variable already set in the environment wins.
+# Settings that make the embedded demo complete cycles in minutes on a 2-core laptop
+# (docs/trainer.md, "Choosing the defaults", has the measurements): every output
+# sampled, training at 40 new preferences, a PPO budget of 64 episodes, 32 held-out
+# prompts for the gate, a canary that graduates quickly. A variable already set in the
+# environment wins.
 DEMO_ENV: dict[str, str] = {
     "RLHF_SAMPLER__RULES": '[{"name": "demo-all", "strategy": "uniform", "rate": 1.0}]',
     "RLHF_SAMPLER__DEDUPE_WINDOW_S": "0",
     "RLHF_TRAINER__THRESHOLD": "40",
     "RLHF_TRAINER__MIN_INTERVAL_S": "30",
     "RLHF_TRAINER__CHECK_INTERVAL_S": "5",
-    "RLHF_TRAINER__HYPER__PPO_EPISODES": "32",
-    "RLHF_TRAINER__HYPER__RESPONSE_LENGTH": "24",
-    "RLHF_TRAINER__HYPER__RM_EPOCHS": "8",
-    "RLHF_TRAINER__HYPER__RM_LEARNING_RATE": "0.001",
-    "RLHF_TRAINER__GATES__EVAL_PROMPTS": "8",
-    "RLHF_TRAINER__GATES__MIN_RM_ACCURACY": "0.5",
+    "RLHF_TRAINER__HYPER__PPO_EPISODES": "64",
+    "RLHF_TRAINER__GATES__EVAL_PROMPTS": "32",
     "RLHF_TRAINER__CANARY_FRACTION": "0.5",
     "RLHF_POLICY_SERVER__CANARY_GRADUATE_AFTER_S": "30",
-    "RLHF_POLICY_SERVER__MAX_TOKENS_DEFAULT": "24",
+    "RLHF_POLICY_SERVER__MAX_TOKENS_DEFAULT": "48",
     "RLHF_DEMO__REQUESTS_PER_S": "1.0",
 }
 

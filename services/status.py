@@ -35,6 +35,10 @@ def status_line(samples: Samples) -> str:
                      reverse=True)
     promoted = [l["version"] for l, v in samples.get("rlhf_trainer_model_version_info", [])
                 if l.get("kind") == "policy" and l.get("pointer") == "promoted"]
+    agreement = [(l, v) for l, v in samples.get("rlhf_trainer_rm_live_agreement", []) if v == v]  # NaN: not yet
+    probe = {l["version"]: v for l, v in samples.get("rlhf_demo_win_rate_vs_base", [])}
+    p_values = {l["version"]: v for l, v in samples.get("rlhf_demo_win_rate_p_value", [])}
+    probe_n = {l["version"]: v for l, v in samples.get("rlhf_demo_win_rate_prompts", [])}
     return (
         f"outputs {total(samples, 'rlhf_policy_captured_total', outcome='ok') + total(samples, 'rlhf_capture_events_accepted_total')}"
         f" | tasks {total(samples, 'rlhf_sampler_tasks_total')}"
@@ -46,4 +50,7 @@ def status_line(samples: Samples) -> str:
         f"{' (training now)' if total(samples, 'rlhf_trainer_run_active') else ''}"
         f" | promoted {promoted[0] if promoted else '-'}"
         f" | serving {', '.join(f'{version} {share:.0%}' for share, version in serving) or '-'}"
+        + (f" | RM agrees with new rankings {agreement[0][1]:.0%}" if agreement else "")
+        + "".join(f" | {version} vs base {rate:.0%} (p={p_values.get(version, 1.0):.2g},"
+                  f" {int(probe_n.get(version, 0))} held-out prompts)" for version, rate in probe.items())
     )

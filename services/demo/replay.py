@@ -9,33 +9,31 @@ from collections.abc import Callable
 
 import httpx
 
-from shared.datasets.hh_rlhf import load_pairs
+from shared.datasets.hh_rlhf import prompt_split
 
+from .pacing import TrainingWatch
 from .settings import DemoOptions
 
 log = logging.getLogger(__name__)
 
 
-def replay_prompts(limit: int | None = None) -> list[list[dict[str, str]]]:
-    """The first user turn of each bundled conversation (short prompts keep CPU generation quick)."""
-    prompts = []
-    for pair in load_pairs(limit=limit):
-        first_user = next(m for m in pair.prompt if m.role == "user")
-        prompts.append([{"role": "user", "content": first_user.content}])
-    return prompts
+def replay_prompts() -> list[list[dict[str, str]]]:
+    """The traffic part of the bundled prompts: never the held-out or evaluation ones."""
+    return prompt_split().replay
 
 
 class Replayer:
-    def __init__(self, options: DemoOptions, on_result: Callable[[str], None]) -> None:
+    def __init__(self, options: DemoOptions, on_result: Callable[[str], None], watch: TrainingWatch) -> None:
         self._options = options
+        self._watch = watch
         self._on_result = on_result
-        self._client = httpx.Client(timeout=120)
+        self._client = httpx.Client(timeout=300)
         self._prompts = replay_prompts()
 
     def run(self, stop: threading.Event) -> None:
         interval = 1.0 / self._options.requests_per_s
         for messages in itertools.cycle(self._prompts):
-            if stop.wait(interval):
+            if stop.wait(interval) or not self._watch.wait_until_idle(stop):
                 break
             try:
                 response = self._client.post(self._options.policy_url.rstrip("/") + "/chat/completions", json={

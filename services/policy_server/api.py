@@ -2,7 +2,8 @@
 
 Generation runs in a worker thread so the event loop keeps serving probes and
 metrics. Every completion is captured to rlhf.outputs after the response is built,
-without waiting for the broker: capture can fail, the user's request cannot.
+without waiting for the broker: capture can fail, the user's request cannot. A
+request with `"store": false` is served and not captured.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class ChatRequest(BaseModel):
     stream: bool = False
     seed: int | None = None
     user: str | None = None
+    # OpenAI's flag for "do not keep this completion": measurement traffic (the demo's
+    # win-rate probe, benchmarks) sets it so it never becomes training data
+    store: bool | None = None
 
 
 def create_app(
@@ -73,6 +77,9 @@ def create_app(
 
     def capture(request: ChatRequest, version: str, completion_id: str, generations: list[Generation]) -> None:
         if producer is None:
+            return
+        if request.store is False:
+            metrics.captured.labels("not_stored").inc()
             return
         output_id = derived_id("policy-completion", completion_id)
         params = {"temperature": request.temperature, "top_p": request.top_p,

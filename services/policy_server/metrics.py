@@ -18,7 +18,7 @@ class PolicyServerMetrics:
         self.rollbacks = Counter("rlhf_model_rollbacks_total",
                                  "Rollbacks to the last good version, by reason (event, health_check).",
                                  ["reason"], registry=registry)
-        self.captured = Counter("rlhf_policy_captured_total", "Completions captured to rlhf.outputs, by outcome.",
+        self.captured = Counter("rlhf_policy_captured_total", "Completions captured to rlhf.outputs, by outcome (ok, error, not_stored: the request said store=false).",
                                 ["outcome"], registry=registry)
 
     def set_shares(self, shares: dict[str, float]) -> None:

@@ -28,14 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def base_model_path(settings: PolicyServerSettings) -> Path:
-    """The configured base model, or the demo's tiny one (built on first use)."""
-    if settings.policy_server.base_model:
-        return Path(settings.policy_server.base_model)
-    from services.trainer.tiny_models import ensure_tiny_models
-
-    root = Path(settings.data_dir) / "tiny-models"
-    ensure_tiny_models(root / "policy", root / "reward-base")
-    return root / "policy"
+    """The configured base model (default: SmolLM2-135M-Instruct as `rlhf-loop models
+    smollm2` prepares it). Missing, the service says how to get it instead of serving."""
+    path = Path(settings.policy_server.base_model or settings.default_base_model)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no base model at {path}: run `rlhf-loop models smollm2 {path}` or set "
+                                "RLHF_POLICY_SERVER__BASE_MODEL")
+    return path
 
 
 def main(stop: threading.Event) -> None:

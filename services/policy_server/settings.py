@@ -8,7 +8,7 @@ from shared.settings import ServiceSettings
 
 
 class PolicyServerOptions(BaseModel):
-    base_model: str = Field(default="", description="base policy directory; default DATA_DIR/tiny-models/policy")
+    base_model: str = Field(default="", description="base policy directory; default MODELS_DIR/smollm2-135m-instruct")
     registry_dir: str = Field(default="", description="default DATA_DIR/registry")
     served_model_name: str = Field(default="rlhf-policy", min_length=1)
     max_tokens_default: int = Field(default=64, ge=1)

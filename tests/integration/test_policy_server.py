@@ -164,3 +164,35 @@ def test_unknown_model_is_404_and_too_many_choices_400(registry_dir: Path) -> No
             client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="rlhf-policy", n=9, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_measurement_traffic_is_served_never_captured_and_the_probe_reports_it(registry_dir: Path,
+                                                                               kafka: KafkaSettings) -> None:
+    """The demo's win-rate probe asks pinned versions with store=false: answered, not captured."""
+    from services.demo.evaluator import ServedPolicyProbe
+    from services.demo.metrics import DemoMetrics
+    from services.demo.oracles import prefer_longer
+    from services.demo.settings import DemoOptions
+
+    server = Server(registry_dir, kafka)
+    server.apply(update("policy-v0001", "promoted", 1.0))
+    prompts = [[{"role": "user", "content": f"held-out question {i}"}] for i in range(6)]
+    demo_registry = CollectorRegistry()
+    with serve(server.app) as base_url:
+        probe = ServedPolicyProbe(DemoOptions(policy_url=base_url, eval_prompts=6, max_tokens=6, temperature=1.0),
+                                  prefer_longer, prompts, DemoMetrics(demo_registry))
+        assert probe.served_version() == "policy-v0001"
+        comparison = probe.measure("policy-v0001", threading.Event())
+        again = probe.measure("policy-v0001", threading.Event())
+    assert comparison is not None and comparison.n == 6 and again == comparison  # seeded: the same answers again
+    assert server.registry.get_sample_value("rlhf_policy_captured_total", {"outcome": "not_stored"}) == 18
+    assert server.registry.get_sample_value("rlhf_policy_captured_total", {"outcome": "ok"}) is None
+    assert server.registry.get_sample_value("rlhf_policy_requests_total", {"version": "base", "status": "ok"}) == 6
+    assert demo_registry.get_sample_value("rlhf_demo_win_rate_vs_base", {"version": "policy-v0001"}) == \
+        comparison.win_rate
+    assert demo_registry.get_sample_value("rlhf_demo_win_rate_prompts", {"version": "policy-v0001"}) == 6
+    server.producer.flush()  # type: ignore[union-attr]
+    captured = [ModelOutput.model_validate_json(r.value) for r in read_topic(kafka, OUTPUTS.name, expected=10_000,
+                                                                               timeout_s=3)]
+    assert not [o for o in captured if o.conversation[0].content.startswith("held-out question")]
+    server.producer.close()  # type: ignore[union-attr]

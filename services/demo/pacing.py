@@ -1,0 +1,53 @@
+"""Lets the demo's own traffic step aside while a training run holds the CPU.
+
+On a 2-core laptop the replayed traffic and the training job compete for the same
+cores, and the job then takes twice as long. Real traffic never waits for training
+(production runs them on different machines); the demo's replay and probe do, when
+`pause_while_training` is on: they hold while the trainer's `rlhf_trainer_run_active`
+is 1. If the trainer cannot be reached, nothing is paused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class TrainingWatch:
+    def __init__(self, trainer_url: str, enabled: bool, refresh_s: float = 2.0) -> None:
+        self._url = trainer_url.rstrip("/") + "/metrics" if trainer_url else ""
+        self._enabled = enabled and bool(trainer_url)
+        self._refresh_s = refresh_s
+        self._checked_at = 0.0
+        self._active = False
+        self._lock = threading.Lock()
+
+    def training(self) -> bool:
+        if not self._enabled:
+            return False
+        with self._lock:
+            if time.monotonic() - self._checked_at >= self._refresh_s:
+                self._checked_at = time.monotonic()
+                self._active = self._read()
+            return self._active
+
+    def _read(self) -> bool:
+        try:
+            with urllib.request.urlopen(self._url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return False
+        for family in text_string_to_metric_families(text):
+            if family.name == "rlhf_trainer_run_active":
+                return any(sample.value >= 1 for sample in family.samples)
+        return False
+
+    def wait_until_idle(self, stop: threading.Event) -> bool:
+        """Block while a run trains; False if `stop` was set meanwhile."""
+        while self.training():
+            if stop.wait(self._refresh_s):
+                return False
+        return not stop.is_set()

@@ -1,0 +1,57 @@
+"""The demo's pieces that need no model: the annotators' preference, the prompt split,
+and the pacing that lets training have the CPU."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from prometheus_client import CollectorRegistry
+
+from services.demo.oracles import is_finished, prefer_concise
+from services.demo.pacing import TrainingWatch
+from services.trainer.metrics import TrainerMetrics
+from shared.datasets.hh_rlhf import prompt_split
+from shared.observability.http import HealthServer
+
+
+def test_concise_preference_ranks_finished_short_answers_first() -> None:
+    finished = "You can reset it in the settings page under Account."
+    cut_off = "There are many ways to think about this question, and the first one that comes to mind is the"
+    rambling = " ".join(["This sentence goes on."] * 8)  # 32 words, finished
+    too_short = "Yes."
+    scores = prefer_concise("q", [finished, cut_off, rambling, too_short])
+    assert scores[0] > scores[2] > scores[1] > scores[3]
+    assert prefer_concise("q", [finished, finished + " Really."]) == [1.0, 1.0]  # close lengths tie
+    assert is_finished('He said "yes."') and not is_finished("and then the")
+
+
+def test_prompt_split_is_disjoint_and_stable() -> None:
+    split = prompt_split()
+    text = lambda prompts: {p[0]["content"] for p in prompts}  # noqa: E731
+    assert len(split.heldout) == 128 and len(split.trainer_eval) == 128 and len(split.replay) > 1000
+    assert not text(split.heldout) & text(split.replay) and not text(split.trainer_eval) & text(split.replay)
+    assert not text(split.heldout) & text(split.trainer_eval)
+    assert prompt_split().heldout == split.heldout
+
+
+def test_training_watch_holds_while_a_run_trains() -> None:
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics(registry)
+    with HealthServer(registry, "127.0.0.1", 0) as server:
+        watch = TrainingWatch(f"http://127.0.0.1:{server.port}", enabled=True, refresh_s=0.05)
+        assert not watch.training()
+        metrics.run_active.set(1)
+        time.sleep(0.1)
+        assert watch.training()
+        threading.Timer(0.4, lambda: metrics.run_active.set(0)).start()
+        started = time.monotonic()
+        assert watch.wait_until_idle(threading.Event())  # held until the run ended
+        assert time.monotonic() - started >= 0.3 and not watch.training()
+        stop = threading.Event()
+        metrics.run_active.set(1)
+        time.sleep(0.1)
+        threading.Timer(0.2, stop.set).start()
+        assert not watch.wait_until_idle(stop)  # a shutdown ends the wait
+        assert not TrainingWatch(f"http://127.0.0.1:{server.port}", enabled=False).training()
+    assert not TrainingWatch("http://127.0.0.1:9", enabled=True).training()  # trainer unreachable: no pause
