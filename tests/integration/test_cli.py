@@ -199,21 +199,37 @@ def test_up_starts_broker_and_services_and_ctrl_c_stops_all(tmp_path: Path) -> N
     assert "stopped cleanly" in (tmp_path / "logs" / "event-logger.log").read_text()
 
 
-@pytest.mark.timeout(400)
-def test_up_runs_the_whole_embedded_loop_and_stops_it_cleanly(tmp_path: Path) -> None:
-    """Every default service (Argilla, Redis, tiny models included) comes up healthy."""
+@pytest.mark.timeout(600)
+def test_up_runs_the_whole_embedded_loop_with_a_real_chat_model_and_stops_it_cleanly(
+        tmp_path: Path, real_models_dir: Path) -> None:
+    """What `make up` runs: every default service (Argilla, Redis, SmolLM2-135M-Instruct
+    included) comes up healthy, the demo's traffic is answered by the real model in
+    real words, and Ctrl-C stops everything in order."""
     from services.catalog import EMBEDDED_LOOP
 
     base = free_port_block(len(EMBEDDED_LOOP))
     process = subprocess.Popen(
         [*CLI, "up", "--data-dir", str(tmp_path), "--http-port-base", str(base), "--grace-seconds", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(RLHF_MODELS_DIR=str(real_models_dir)),
     )
+    policy = base + EMBEDDED_LOOP.index("policy-server")
     try:
         ports = [base + i for i in range(len(EMBEDDED_LOOP))]
         healthy = lambda: all(http_get(f"http://127.0.0.1:{p}/healthz")[0] == 200 for p in ports)  # noqa: E731
         assert wait_for(healthy, timeout_s=240, interval_s=1), {
             name: http_get(f"http://127.0.0.1:{p}/healthz")[0] for name, p in zip(EMBEDDED_LOOP, ports)}
+        captured = lambda: 'rlhf_policy_captured_total{outcome="ok"}' in http_get(  # noqa: E731
+            f"http://127.0.0.1:{policy}/metrics")[1]
+        assert wait_for(captured, timeout_s=180, interval_s=2), "the demo's traffic was never answered"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{policy}/v1/chat/completions", method="POST",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps({"model": "base", "max_tokens": 24, "temperature": 0, "store": False,
+                                    "messages": [{"role": "user", "content": "What is the capital of France?"}]}).encode())
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())["choices"][0]["message"]["content"]
+        words = [w for w in answer.split() if w.strip(".,!?'\"").isalpha()]
+        assert len(words) >= 3 and "Paris" in answer, answer  # a real chat model, not byte noise
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=90)
     finally:
@@ -221,6 +237,8 @@ def test_up_runs_the_whole_embedded_loop_and_stops_it_cleanly(tmp_path: Path) ->
             process.kill()
     assert process.returncode == 0, output
     assert "restarting in" not in output, output  # no service died on the way
+    assert (real_models_dir / "smollm2-135m-instruct" / "config.json").is_file()
+    assert "preparing SmolLM2" not in output  # prepared once, found again
     logs = {name: (tmp_path / "logs" / f"{name}.log").read_text() for name in EMBEDDED_LOOP}
     for name, text in logs.items():
         # (libraries may log a handled traceback while connections close; what counts

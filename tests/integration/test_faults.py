@@ -49,15 +49,17 @@ def healthy(port: int) -> bool:
 
 
 @pytest.fixture
-def whole_loop(tmp_path: Path) -> Iterator[tuple[str, dict[str, int]]]:
-    """`rlhf-loop up --no-demo`: every service on the embedded broker, Argilla included."""
+def whole_loop(tmp_path: Path, tiny_policy: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    """`rlhf-loop up --no-demo`: every service on the embedded broker, Argilla included
+    (a tiny base policy: these tests are about faults, not answers)."""
     from services.catalog import EMBEDDED_LOOP
 
     names = [n for n in EMBEDDED_LOOP if n != "demo"]
     base = free_port_block(len(names))
     process = subprocess.Popen([*CLI, "up", "--no-demo", "--data-dir", str(tmp_path), "--http-port-base", str(base),
                                 "--status-interval", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env_without_rlhf())
+                               text=True, env=env_without_rlhf(RLHF_POLICY_SERVER__BASE_MODEL=str(tiny_policy),
+                                                               RLHF_TRAINER__BASE_MODEL=str(tiny_policy)))
     try:
         assert process.stdout is not None
         banner = ""
