@@ -1,16 +1,20 @@
-"""The whole loop, measured: `rlhf-loop up` (embedded, demo on) until K policies were
-promoted, then per cycle the reward model's held-out accuracy and the served policy's
-oracle score, plus the loop's latencies and the services' memory across cycles.
+"""Does the loop make the model better? `rlhf-loop up` with its defaults (SmolLM2-135M-
+Instruct, simulated annotators with a hidden preference) until K versions were
+promoted, then every promoted version measured against the base.
 
-The simulated annotators follow a fixed hidden preference (the demo's `length`
-oracle: longer answers win). If the loop works, the reward model learns to predict
-it (accuracy above 0.5) and each promoted policy writes longer answers than the base.
+Measurement is separate from the loop: after the loop stops, the base and each
+promoted version answer the demo's held-out prompts (never replayed as traffic, never
+trained on, never seen by the gates; one seeded sample each, the demo's sampling
+settings), and the annotators' own preference scores them. Reported per cycle:
 
-  submission -> preference: from an annotator's submitted_at to the preference event
-  threshold -> published:   from the run being queued (threshold reached) to its end
-  RSS:                       each service's resident memory after every finished run
+  served version, win rate vs the base with a one-sided sign-test p-value and a 95%
+  interval, mean preference score with a 95% interval, the reward model's held-out
+  accuracy and its agreement with fresh rankings, the gate's judge verdict, seconds
+  per stage, minutes since `up` started, the training job's peak memory;
 
-Run: .venv/bin/python -m bench.loop_efficacy [--cycles 3 --timeout-s 900]
+plus the loop's latencies and each service's resident memory after every run.
+
+Run: .venv/bin/python -m bench.loop_efficacy [--cycles 3 --timeout-s 2400 --eval-prompts 128]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import signal
 import sqlite3
 import statistics
@@ -27,31 +32,36 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from services.catalog import EMBEDDED_LOOP
-from services.demo.oracles import prefer_longer
-from services.demo.replay import replay_prompts
+from services.demo.oracles import ORACLES
+from services.demo.settings import DemoOptions
 from shared.contracts import Preference, RankingResult
+from shared.datasets.hh_rlhf import prompt_split
 from shared.embedded.ports import free_port_block
-from shared.settings import KafkaSettings
+from shared.settings import DEFAULT_BASE_MODEL_NAME, KafkaSettings
+from shared.stats import compare, mean_interval, wilson_interval
 from tests.conftest import read_topic
 
 RESULTS = Path(__file__).parent / "results" / "loop_efficacy.json"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def rss_mb(pattern: str) -> dict[str, float]:
-    """Resident memory of each `rlhf-loop run NAME` process (children included)."""
+    """Resident memory of each `rlhf-loop run NAME` process."""
     found: dict[str, float] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             status = Path(f"/proc/{pid}/status").read_text()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        if b"services.cli" in cmdline and b"run" in cmdline and pattern in os.readlink(f"/proc/{pid}/cwd"):
+        if b"services.cli" in cmdline and b"run" in cmdline and pattern in cwd:
             name = cmdline[cmdline.index(b"run") + 1].decode()
             kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
-            found[name] = kb / 1024
+            found[name] = round(kb / 1024, 1)
     return found
 
 
@@ -63,22 +73,38 @@ def finished_runs(store: Path) -> list[tuple[str, float, float, str | None]]:
                                "WHERE finished_at IS NOT NULL ORDER BY created_at"))
 
 
-def oracle_scores(base: Path, registry: Path, versions: list[str], prompts: int = 32) -> dict[str, float]:
-    from services.policy_server.models import BASE_VERSION, PolicyPool
+def measure(base_model: Path, registry: Path, versions: list[str], oracle_name: str, prompts: int,
+            options: DemoOptions) -> dict[str, Any]:
+    """Every version and the base on the same held-out prompts and seeds, scored by the
+    annotators' preference; each version against the base and against its predecessor."""
+    from services.trainer.evaluate import PolicySampler
 
-    pool = PolicyPool(base)
-    for version in versions:
-        pool.load(version, registry / "policy" / version)
-    held = replay_prompts(limit=2000)[-prompts:]
-    scores = {}
-    for version in [BASE_VERSION, *versions]:
-        values = []
-        for i, messages in enumerate(held):
-            answers = [g.text for g in pool.generate(messages, version, n=1, max_tokens=24, temperature=1.0,
-                                                      top_p=1.0, seed=i)]
-            values += prefer_longer("", answers)
-        scores[version] = statistics.fmean(values)
-    return scores
+    oracle = ORACLES[oracle_name]
+    held = prompt_split().heldout[:prompts]
+    sampler = PolicySampler(str(base_model), {v: registry / "policy" / v for v in versions})
+    scores: dict[str, list[float]] = {}
+    texts: dict[str, list[str]] = {}
+    for version in [None, *versions]:
+        answers = sampler.generate(version, held, max_new_tokens=options.max_tokens,
+                                   temperature=options.temperature, seed=0)
+        name = version or "base"
+        scores[name] = [oracle(p[-1]["content"], [a.text])[0] for p, a in zip(held, answers, strict=True)]
+        texts[name] = [a.text for a in answers]
+    report: dict[str, Any] = {"prompts": len(held), "samples": {k: v[:3] for k, v in texts.items()}, "versions": {}}
+    previous = "base"
+    for name in ["base", *versions]:
+        mean, low, high = mean_interval(scores[name])
+        entry: dict[str, Any] = {"oracle_mean": round(mean, 3), "oracle_ci95": [round(low, 3), round(high, 3)],
+                                 "words_mean": round(statistics.fmean(len(t.split()) for t in texts[name]), 1)}
+        if name != "base":
+            vs_base = compare(scores[name], scores["base"])
+            vs_prev = compare(scores[name], scores[previous])
+            entry.update({"vs_base": {**vs_base.as_dict(), "ci95": [round(x, 3) for x in wilson_interval(
+                vs_base.wins + 0.5 * vs_base.ties, vs_base.n)]}, "vs_previous": {"version": previous,
+                                                                                   **vs_prev.as_dict()}})
+            previous = name
+        report["versions"][name] = entry
+    return report
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -88,36 +114,44 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cycles", type=int, default=3, help="promoted policies to wait for")
-    parser.add_argument("--timeout-s", type=float, default=900)
+    parser.add_argument("--cycles", type=int, default=3, help="promoted versions to wait for")
+    parser.add_argument("--timeout-s", type=float, default=2400)
+    parser.add_argument("--eval-prompts", type=int, default=128, help="held-out prompts per measured version")
     parser.add_argument("--env", action="append", default=[], metavar="RLHF_X=VALUE",
                         help="a setting for the loop's services (overrides the demo's)")
     args = parser.parse_args()
+    models_dir = Path(os.environ.get("RLHF_MODELS_DIR", REPO / ".rlhf-loop" / "models"))
+    settings = dict(item.split("=", 1) for item in args.env)
+    options = DemoOptions(**{k.removeprefix("RLHF_DEMO__").lower(): v for k, v in settings.items()
+                             if k.startswith("RLHF_DEMO__")})
     with tempfile.TemporaryDirectory(prefix="rlhf-efficacy-") as tmp:
         data = Path(tmp)
-        base = free_port_block(len(EMBEDDED_LOOP))
+        base_port = free_port_block(len(EMBEDDED_LOOP))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
-        env.update(dict(item.split("=", 1) for item in args.env))
+        env.update({"RLHF_MODELS_DIR": str(models_dir), **settings})
+        started_wall = time.time()
         up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--data-dir", str(data),
-                               "--http-port-base", str(base), "--status-interval", "30"],
+                               "--http-port-base", str(base_port), "--status-interval", "60"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
         assert up.stdout is not None
         banner = ""
         while "Ctrl-C" not in banner:
-            banner += up.stdout.readline()
+            line = up.stdout.readline()
+            assert line, banner
+            banner += line
         bootstrap = banner.split("RLHF_KAFKA__BOOTSTRAP_SERVERS=", 1)[1].split()[0]
         store = data / "trainer" / "store.sqlite"
         memory: list[dict[str, float]] = []
         seen_runs = 0
-        started = time.monotonic()
         try:
-            while time.monotonic() - started < args.timeout_s:
+            while time.time() - started_wall < args.timeout_s:
                 time.sleep(5)
                 runs = finished_runs(store)
                 if len(runs) > seen_runs:
                     seen_runs = len(runs)
                     memory.append(rss_mb(tmp))
-                    print(f"run {seen_runs} finished: {runs[-1][0]} ({runs[-1][3]})", flush=True)
+                    print(f"{(time.time() - started_wall) / 60:5.1f} min: run {seen_runs} {runs[-1][0]}"
+                          f" ({runs[-1][3]})", flush=True)
                 if sum(1 for r in runs if r[0] == "succeeded") >= args.cycles:
                     break
             kafka = KafkaSettings(bootstrap_servers=bootstrap)
@@ -126,31 +160,42 @@ def main() -> None:
             preferences = [Preference.model_validate_json(r.value)
                            for r in read_topic(kafka, "rlhf.preferences", expected=10**6, timeout_s=5)]
         finally:
+            loop_seconds = time.time() - started_wall
             up.send_signal(signal.SIGINT)
-            up.communicate(timeout=120)
+            up.communicate(timeout=180)
         runs = finished_runs(store)
+        registry = data / "registry"
         submitted = {r.ranking_id: max(a.submitted_at for a in r.annotations) for r in rankings}
         latencies = [(p.created_at - submitted[p.ranking_id]).total_seconds()
                      for p in preferences if p.ranking_id in submitted]
-        registry = data / "registry"
         cycles = []
         for state, created, finished, version in runs:
-            kind = "reward" if (version or "").startswith("rm-") else "policy"  # a gated RM ends its run
+            kind = "reward" if (version or "").startswith("rm-") else "policy"
             manifest_path = registry / kind / (version or "-") / "manifest.json"
             manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-            cycles.append({"state": state, "version": version, "seconds": round(finished - created, 1),
-                           "rm_accuracy": manifest.get("metrics", {}).get("rm_accuracy"),
-                           "reward_mean": manifest.get("metrics", {}).get("reward_mean"),
-                           "gate_passed": manifest.get("gate", {}).get("passed")})
+            metrics = manifest.get("metrics", {})
+            cycles.append({
+                "state": state, "version": version, "minutes_since_up": round((finished - started_wall) / 60, 1),
+                "run_seconds": round(finished - created, 1), "init": manifest.get("init"),
+                "preferences": (manifest.get("preferences") or {}).get("preference_count"),
+                "rm_accuracy": metrics.get("rm_accuracy"), "rm_heldout_pairs": metrics.get("rm_heldout_pairs"),
+                "rm_live_agreement": metrics.get("rm_live_agreement"), "rm_live_pairs": metrics.get("rm_live_pairs"),
+                "gate": manifest.get("gate"), "judge_win_rate": metrics.get("win_rate"),
+                "judge_p_value": metrics.get("p_value"), "kl": metrics.get("kl"),
+                "stage_seconds": {k.removeprefix("stage_seconds_"): round(v, 1) for k, v in metrics.items()
+                                  if k.startswith("stage_seconds_")},
+                "job_peak_rss_mb": metrics.get("job_peak_rss_mb")})
         promoted = [c["version"] for c in cycles if c["state"] == "succeeded" and c["version"]]
-        scores = oracle_scores(data / "tiny-models" / "policy", registry, promoted)
+        measured = measure(models_dir / DEFAULT_BASE_MODEL_NAME, registry, promoted, options.oracle,
+                           args.eval_prompts, options)
     result = {
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cycles": cycles, "oracle_score_by_version": {k: round(v, 2) for k, v in scores.items()},
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "loop_minutes": round(loop_seconds / 60, 1), "oracle": options.oracle, "cycles": cycles,
+        "first_promoted_minutes": next((c["minutes_since_up"] for c in cycles if c["state"] == "succeeded"), None),
+        "measurement": measured,
         "submission_to_preference_s": {"p50": round(percentile(latencies, 0.5), 2),
                                        "p95": round(percentile(latencies, 0.95), 2), "n": len(latencies)},
-        "threshold_to_published_s": {"p50": round(percentile([c["seconds"] for c in cycles], 0.5), 1),
-                                     "max": max((c["seconds"] for c in cycles), default=None)},
         "rss_mb_after_each_run": memory,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ SUITE = [
     "bench.annotation_throughput",
     "bench.trainer_throughput",
     "bench.policy_server_throughput",
+    "bench.policy_algorithms",
     "bench.loop_efficacy",
 ]
 
@@ -77,24 +78,33 @@ def summary() -> str:
              f"{platform.python_implementation()} {platform.python_version()}", "",
              "| benchmark | raw | rlhf-loop | ratio |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows()]
+    algorithms = load("policy_algorithms")
+    if algorithms:
+        lines += ["", f"policy optimisers, same budget ({algorithms['algorithms'].get('ppo', {}).get('answers_seen')}"
+                      f" answers), win rate vs base on {algorithms['eval_prompts']} held-out prompts:"]
+        lines += [f"- {name}: {r['vs_base']['win_rate']:.3f} (p={r['vs_base']['p_value']:.2g}), {r['train_seconds']} s,"
+                  f" KL {r['kl_to_base']}" for name, r in algorithms["algorithms"].items()]
     loop = load("loop_efficacy")
     if loop:
-        s2p, t2p = loop["submission_to_preference_s"], loop["threshold_to_published_s"]
-        lines += ["", f"submission → preference: p50 {s2p['p50']} s, p95 {s2p['p95']} s (n={s2p['n']})",
-                  f"threshold reached → version published: p50 {t2p['p50']} s, max {t2p['max']} s",
-                  f"oracle score by version: {loop['oracle_score_by_version']}",
-                  f"RSS (MB) after each run: {loop['rss_mb_after_each_run']}"]
+        s2p = loop["submission_to_preference_s"]
+        lines += ["", f"loop: first promotion after {loop['first_promoted_minutes']} min;"
+                      f" submission → preference p50 {s2p['p50']} s, p95 {s2p['p95']} s (n={s2p['n']})"]
+        for version, entry in loop["measurement"]["versions"].items():
+            vs = entry.get("vs_base")
+            lines.append(f"- {version}: preference score {entry['oracle_mean']} {entry['oracle_ci95']}"
+                         + (f", win rate vs base {vs['win_rate']:.3f} (p={vs['p_value']:.2g})" if vs else ""))
+        lines.append(f"RSS (MB) after each run: {loop['rss_mb_after_each_run']}")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="skip the full-loop measurement")
+    parser.add_argument("--quick", action="store_true", help="skip the real-model measurements (loop, algorithms)")
     parser.add_argument("--summary-only", action="store_true", help="print the table from existing results")
     args = parser.parse_args()
     if not args.summary_only:
         for module in SUITE:
-            if args.quick and module == "bench.loop_efficacy":
+            if args.quick and module in ("bench.loop_efficacy", "bench.policy_algorithms"):
                 continue
             print(f"== {module}", flush=True)
             subprocess.run([sys.executable, "-m", module], check=True)

@@ -2,7 +2,12 @@
 same run.
 
   reward model - RewardTrainer on prompt/chosen/rejected pairs     (pairs/s)
+                 (our `finetune` mode; the default `head` mode, a Bradley-Terry head
+                 on frozen cached features, is timed beside it: cold and warm cache)
   PPO          - PPOTrainer, LoRA policy, value + reward model      (episodes/s)
+                 (raw: TRL's usual setup, a full trainable value model; ours: the
+                 critic shares the reward model's frozen backbone, so the ratio
+                 includes that design, not only wrapper overhead)
 
 The machine's 2 cores are shared, so timings are noisy: best and median of
 `--rounds` are both reported. Both sides do the same work end to end (load models, build the trainer, train,
@@ -49,15 +54,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_rows(n: int) -> list[dict[str, Any]]:
-    from services.trainer.reward_model import pair_rows
+def make_prefs(n: int) -> list[Any]:
     from services.trainer.store import PreferenceRow
 
-    prefs = [PreferenceRow(seq=i, preference_id=str(i), prompt=[{"role": "user", "content": f"question number {i}?"}],
+    return [PreferenceRow(seq=i, preference_id=str(i), prompt=[{"role": "user", "content": f"question number {i}?"}],
                            prompt_hash=str(i), chosen=f"here is a helpful answer {i} with detail",
                            rejected="I am sorry, I cannot help", margin=1.0, guideline_version="g1",
                            created_at="2026-01-01T00:00:00+00:00") for i in range(n)]
-    return pair_rows(prefs)
 
 
 def common() -> dict[str, Any]:
@@ -68,11 +71,14 @@ def common() -> dict[str, Any]:
 
 # -- reward model ---------------------------------------------------------------------
 
-def raw_rm(init: str, out: Path, rows: list[dict[str, Any]], batch: int) -> float:
+def raw_rm(init: str, out: Path, prefs: list[Any], batch: int) -> float:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    from services.trainer.reward_model import pair_rows
+
+    rows = pair_rows(prefs)
     started = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(init)
     model = AutoModelForSequenceClassification.from_pretrained(init, num_labels=1)
@@ -86,12 +92,25 @@ def raw_rm(init: str, out: Path, rows: list[dict[str, Any]], batch: int) -> floa
     return elapsed
 
 
-def our_rm(init: str, out: Path, rows: list[dict[str, Any]], batch: int) -> float:
-    from services.trainer.reward_model import RewardModelConfig, train_reward_model
+def our_rm(init: str, out: Path, prefs: list[Any], batch: int) -> float:
+    from services.trainer.reward_model import RewardModelConfig, train_finetuned
 
     started = time.perf_counter()
-    train_reward_model(RewardModelConfig(init_path=init, output_dir=out, batch_size=batch, learning_rate=1e-4,
-                                         max_length=128), rows)
+    train_finetuned(prefs, RewardModelConfig(output_dir=out, mode="finetune", init_path=init, batch_size=batch,
+                                             learning_rate=1e-4, max_length=128))
+    return time.perf_counter() - started
+
+
+def head_rm(backbone_path: str, out: Path, prefs: list[Any], cache_file: Path) -> float:
+    from services.trainer.features import FeatureCache
+    from services.trainer.reward_model import RewardModelConfig, train_head
+    from shared.models.reward import RewardModel
+
+    started = time.perf_counter()
+    backbone = RewardModel.frozen_backbone(backbone_path, max_length=128)
+    cache = FeatureCache(cache_file)
+    train_head(backbone, prefs, RewardModelConfig(output_dir=out), cache)
+    cache.close()
     return time.perf_counter() - started
 
 
@@ -130,8 +149,10 @@ def our_ppo(policy_path: str, rm_path: str, out: Path, prompts: list[Any], episo
     from services.trainer.policy.ppo import PpoOptimizer
     from services.trainer.settings import Hyperparameters
 
+    # the raw side's settings, so both do the same rollouts and updates
     hyper = Hyperparameters(ppo_episodes=episodes, policy_batch_size=batch, response_length=32, max_length=256,
-                            policy_learning_rate=1e-5)
+                            policy_learning_rate=1e-5, ppo_epochs=1, ppo_mini_batches=1, kl_coef=0.05,
+                            missing_eos_penalty=1.0, lora_r=8, lora_alpha=16, lora_target_modules=["q_proj", "v_proj"])
     started = time.perf_counter()
     PpoOptimizer().train(PolicyTrainConfig(base_model=policy_path, reward_model=rm_path, output_dir=out, hyper=hyper),
                          PolicyData(prompts=prompts, pairs=[]))
@@ -152,7 +173,8 @@ def full_cycles(root: Path, policy_path: str, rm_base: str, n_pairs: int, episod
 
     settings = TrainerSettings(data_dir=str(root), trainer={
         "base_model": policy_path, "reward_base_model": rm_base, "gates": LENIENT_GATES,
-        "hyper": {"ppo_episodes": episodes, "response_length": 32, "max_length": 128}})
+        "hyper": {"ppo_episodes": episodes, "response_length": 32, "max_length": 128, "ppo_epochs": 1,
+                  "ppo_mini_batches": 1}})
     store = PreferenceStore(root / "store.sqlite")
     registry = ModelRegistry(root / "registry")
     reporter = RunReporter(store, lambda topic, event: None, settings.trainer)  # no broker: events dropped
@@ -164,7 +186,7 @@ def full_cycles(root: Path, policy_path: str, rm_base: str, n_pairs: int, episod
         store.create_run(run_id, "bench", store.max_seq(), n_pairs)
         store.try_lock(run_id, 600)
         TrainingRun(run_id=run_id, watermark=store.max_seq(), options=settings.trainer, store=store,
-                    registry=registry, reporter=reporter).execute()
+                    registry=registry, reporter=reporter, work_dir=root).execute()
         store.release_lock(run_id)
         gc.collect()
         after.append(round(rss_mb(), 1))
@@ -217,19 +239,23 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="trainer-bench-"))
     try:
         policy, rm_base = (str(p) for p in build_tiny_models(root / "models"))
-        rows = make_rows(args.pairs)
-        prompts = [r["prompt"] for r in rows]
+        prefs = make_prefs(args.pairs)
+        prompts = [p.prompt for p in prefs]
         rss_start = rss_mb()
         times: dict[str, list[float]] = {}
         for r in range(args.rounds):
             sides = [("raw", raw_rm, raw_ppo), ("ours", our_rm, our_ppo)]
             for name, rm_fn, ppo_fn in (sides if r % 2 == 0 else sides[::-1]):
                 rm_out = root / f"rm-{name}-{r}"
-                times.setdefault(f"{name}_rm", []).append(rm_fn(rm_base, rm_out, rows, args.batch))
+                times.setdefault(f"{name}_rm", []).append(rm_fn(rm_base, rm_out, prefs, args.batch))
                 times.setdefault(f"{name}_ppo", []).append(
                     ppo_fn(policy, str(rm_out), root / f"ppo-{name}-{r}", prompts[: args.episodes * 2],
                            args.episodes, args.batch))
                 gc.collect()
+        for r in range(args.rounds):  # cold cache each round, then the same pairs again (warm)
+            cache_file = root / f"features-{r}.sqlite"
+            times.setdefault("head_rm_cold", []).append(head_rm(rm_base, root / f"head-{r}", prefs, cache_file))
+            times.setdefault("head_rm_warm", []).append(head_rm(rm_base, root / f"head-{r}b", prefs, cache_file))
         daemon_start = rss_mb()
         daemon = daemon_cycles(root / "daemon", policy, rm_base, args.cycles)
         cycles = full_cycles(root / "cycles", policy, rm_base, min(args.pairs, 64), args.episodes, args.cycles)
@@ -241,6 +267,8 @@ def main() -> None:
         "rm_pairs_per_s": {"raw_trl": args.pairs / best["raw_rm"], "ours": args.pairs / best["ours_rm"]},
         "ppo_episodes_per_s": {"raw_trl": args.episodes / best["raw_ppo"], "ours": args.episodes / best["ours_ppo"]},
     }
+    head_rates = {"cold_cache": round(args.pairs / best["head_rm_cold"], 1),
+                  "warm_cache": round(args.pairs / best["head_rm_warm"], 1)}
     median_ratio = {"rm_pairs_per_s": median["raw_rm"] / median["ours_rm"],
                     "ppo_episodes_per_s": median["raw_ppo"] / median["ours_ppo"]}
     result = {
@@ -252,6 +280,7 @@ def main() -> None:
         "rates": {k: {s: round(v, 2) for s, v in d.items()} for k, d in rates.items()},
         "ratio_ours_to_raw": {k: round(d["ours"] / d["raw_trl"], 3) for k, d in rates.items()},
         "ratio_ours_to_raw_median": {k: round(v, 3) for k, v in median_ratio.items()},
+        "head_rm_pairs_per_s": head_rates,
         "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
         "rss_mb": {"start": round(rss_start, 1), "after_each_full_cycle_in_process": cycles,
                    "peak": round(peak_rss_mb(), 1),
