@@ -83,31 +83,36 @@ class PolicySampler:
                                           finished))
         return answers
 
-    def sequence_kl(self, version: str, reference: str | None, answers: Sequence[Answer]) -> float:
+    def sequence_kl(self, version: str, reference: str | None, answers: Sequence[Answer],
+                    batch_size: int = 16) -> float:
         """Mean over answers of sum_t log p(a_t) - log p_ref(a_t): the k1 estimate of
-        KL(policy || reference) on the policy's own samples (same temperature-free
-        logits as serving)."""
+        KL(policy || reference) on the policy's own samples (batched, right-padded)."""
         import torch
 
-        total, counted = 0.0, 0
+        total = 0.0
+        scored = [a for a in answers if a.answer_ids]
         with torch.no_grad():
-            for answer in answers:
-                if not answer.answer_ids:
-                    continue
-                ids = torch.tensor([answer.prompt_ids + answer.answer_ids], device=self.device)
+            for start in range(0, len(scored), batch_size):
+                chunk = scored[start:start + batch_size]
+                rows = [a.prompt_ids + a.answer_ids for a in chunk]
+                width = max(map(len, rows))
+                ids = torch.tensor([r + [self.tok.pad_token_id] * (width - len(r)) for r in rows], device=self.device)
+                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
                 with self._using(version):
-                    logp = self._answer_logprobs(ids, len(answer.prompt_ids))
+                    logp = self._token_logprobs(ids, mask)
                 with self._using(reference):
-                    ref = self._answer_logprobs(ids, len(answer.prompt_ids))
-                total += float((logp - ref).sum())
-                counted += 1
+                    ref = self._token_logprobs(ids, mask)
+                for row, answer in enumerate(chunk):
+                    first, last = len(answer.prompt_ids) - 1, len(answer.prompt_ids) + len(answer.answer_ids) - 1
+                    total += float((logp[row, first:last] - ref[row, first:last]).sum())
         return total / max(1, len(answers))
 
-    def _answer_logprobs(self, ids, prompt_len: int):  # type: ignore[no-untyped-def]
+    def _token_logprobs(self, ids, mask):  # type: ignore[no-untyped-def]
+        """log p(token t+1 | tokens <= t) for every position t."""
         import torch
 
-        logits = self.model(input_ids=ids).logits[0, prompt_len - 1:-1].float()
-        return torch.log_softmax(logits, -1).gather(-1, ids[0, prompt_len:, None])[:, 0]
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
 
 
 def _cache_file(cache_dir: Path | None, version: str, prompts: Sequence[Prompt], params: dict[str, Any]) -> Path | None:

@@ -18,12 +18,19 @@ from .settings import GateThresholds
 @dataclass(frozen=True)
 class GateResult:
     passed: bool
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why it failed
+    notes: list[str] = field(default_factory=list)  # what it could not judge
 
 
-def reward_model_gate(accuracy: float, previous_accuracy: float | None, gates: GateThresholds) -> GateResult:
+def reward_model_gate(accuracy: float, previous_accuracy: float | None, gates: GateThresholds,
+                      heldout_pairs: int | None = None) -> GateResult:
     """Accuracy on held-out pairs above the floor, and no worse than the previous
-    version (scored on the same held-out pairs) by more than epsilon."""
+    version (scored on the same held-out pairs) by more than epsilon — judged only on
+    `min_rm_heldout_pairs` or more: 4 of 7 pairs says nothing about a reward model,
+    and the policy gate still needs its own evidence."""
+    if heldout_pairs is not None and heldout_pairs < gates.min_rm_heldout_pairs:
+        return GateResult(True, [], [f"rm accuracy not gated: {heldout_pairs} held-out pairs"
+                                     f" < {gates.min_rm_heldout_pairs}"])
     reasons = []
     if accuracy < gates.min_rm_accuracy:
         reasons.append(f"rm_accuracy {accuracy:.3f} < min {gates.min_rm_accuracy:.3f}")

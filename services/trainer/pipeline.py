@@ -187,7 +187,7 @@ class TrainingRun:
                 new_rm = RewardModel.load(rm_dir, self.device, hyper.max_length)
             rm_accuracy = accuracy(new_rm, snap.heldout, cache)
             prev_accuracy = accuracy(previous, snap.heldout, cache) if previous is not None else None
-            rm_gate = reward_model_gate(rm_accuracy, prev_accuracy, opts.gates)
+            rm_gate = reward_model_gate(rm_accuracy, prev_accuracy, opts.gates, len(snap.heldout))
             self.metrics.update({"rm_accuracy": rm_accuracy, "rm_train_loss": rm.train_loss,
                                  "rm_pairs_per_s": rm.pairs_per_s, "rm_heldout_pairs": len(snap.heldout)})
             if prev_accuracy is not None:
@@ -197,7 +197,7 @@ class TrainingRun:
                 **common_manifest, "parent_version": prev_rm, "mode": hyper.rm_mode,
                 "backbone": opts.reward_base_model,
                 "metrics": {k: v for k, v in self.metrics.items() if k.startswith("rm_")},
-                "gate": {"passed": rm_gate.passed, "reasons": rm_gate.reasons}})
+                "gate": {"passed": rm_gate.passed, "reasons": rm_gate.reasons, "notes": rm_gate.notes}})
             if rm_gate.passed:
                 self.registry.set_pointer("reward", "promoted", rm_version)
             del new_rm, previous, backbone

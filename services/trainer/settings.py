@@ -62,6 +62,8 @@ class GateThresholds(BaseModel):
 
     min_rm_accuracy: float = Field(default=0.6, ge=0, le=1.01)
     rm_accuracy_epsilon: float = Field(default=0.02, ge=0, description="allowed drop vs previous RM")
+    min_rm_heldout_pairs: int = Field(default=30, ge=1, description="fewer held-out pairs: the RM is not gated on"
+                                                                   " accuracy (too few to judge)")
     judge: Literal["ensemble", "previous_rm"] = Field(
         default="ensemble", description="who judges candidate vs incumbent: heads trained on disjoint folds of the"
                                         " training pairs, or the previously promoted reward model")

@@ -95,11 +95,13 @@ def evaluation(wins: int, losses: int, ties: int, **extra: float) -> PolicyEval:
     return PolicyEval(**{**fields, **extra})
 
 
-def test_trainer_reward_model_gate() -> None:
-    gates = GateThresholds(min_rm_accuracy=0.6, rm_accuracy_epsilon=0.02)
-    assert reward_model_gate(0.7, 0.71, gates).passed
-    assert not reward_model_gate(0.7, 0.8, gates).passed
-    assert not reward_model_gate(0.5, None, gates).passed
+def test_trainer_reward_model_gate_judges_only_on_enough_pairs() -> None:
+    gates = GateThresholds(min_rm_accuracy=0.6, rm_accuracy_epsilon=0.02, min_rm_heldout_pairs=30)
+    assert reward_model_gate(0.7, 0.71, gates, 40).passed
+    assert not reward_model_gate(0.7, 0.8, gates, 40).passed
+    assert not reward_model_gate(0.5, None, gates, 40).passed
+    few = reward_model_gate(4 / 7, None, gates, 7)  # 4 of 7: too few pairs to call the model bad
+    assert few.passed and few.reasons == [] and "7 held-out pairs < 30" in few.notes[0]
 
 
 def test_trainer_policy_gate_needs_evidence_an_effect_and_enough_prompts() -> None:

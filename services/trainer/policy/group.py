@@ -56,7 +56,7 @@ class GroupOptimizer:
         config_class, trainer_class = self._trl()
         tok = load_tokenizer(config.base_model)
         start = load_policy(config, load_reference=False)
-        reward = RewardModel.load(config.reward_model, max_length=hyper.max_length)
+        reward = RewardModel.load(config.reward_model, device=config.device, max_length=hyper.max_length)
 
         def score(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
             return reward.score(prompts, [_text(c) for c in completions])
@@ -79,6 +79,6 @@ class GroupOptimizer:
         metrics = history_metrics(trainer.state.log_history, GROUP_METRICS)
         save_adapter(trainer.model, config.output_dir)
         init, note = start.init, start.note
-        del trainer, reward, start
+        del trainer, start
         return PolicyResult(algorithm=self.name, episodes=hyper.group_steps * per_device, seconds=seconds,
                             metrics=metrics, init=init, init_note=note)
