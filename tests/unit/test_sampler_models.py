@@ -12,7 +12,7 @@ import torch
 
 from services.sampler.completion import CandidateCompleter, CompletionEndpoint, CompletionSettings
 from services.sampler.novelty import MiniLMEncoder, NoveltyMemory
-from services.sampler.reward_scorer import RewardScorer, directory_locator
+from shared.models.reward_scorer import RewardScorer, directory_locator
 from services.sampler.rules import Budget, SamplingRule
 from tests.helpers.openai_stub import create_stub_app, serve
 from tests.unit.test_sampler import Clock, make_sampler, output, tasks_of
@@ -126,7 +126,7 @@ def test_registry_locator_follows_the_promoted_pointer(tmp_path: Path, tiny_rewa
     import json
     import shutil
 
-    from services.sampler.reward_scorer import registry_locator
+    from shared.models.reward_scorer import registry_locator
 
     locate = registry_locator(tmp_path)
     assert locate() is None  # nothing promoted yet
