@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import httpx
 from kafka.consumer.fetcher import ConsumerRecord
@@ -27,8 +28,10 @@ class Pusher:
     per dataset; a refused bulk is retried record by record to single out the bad one."""
 
     def __init__(self, datasets: RankingDatasets, rest: ArgillaRest, guideline_version: str,
-                 metrics: AnnotationMetrics, *, batched: bool = False) -> None:
+                 metrics: AnnotationMetrics, *, batched: bool = False,
+                 suggest: Callable[[RankingTask], dict[str, Any] | None] | None = None) -> None:
         self._datasets = datasets
+        self._suggest = suggest
         self._rest = rest
         self._version = guideline_version
         self._metrics = metrics
@@ -39,12 +42,15 @@ class Pusher:
         k = len(task.candidates)
         dataset = self._datasets.ensure(k)
         try:
-            self._rest.upsert_records(str(dataset.id), [task_to_record(task, self._version)])
+            self._rest.upsert_records(str(dataset.id), [self._record(task)])
         except httpx.HTTPStatusError as error:
             if error.response.status_code in (400, 422):
                 raise PoisonMessage(f"task {task.task_id} rejected by Argilla: {error.response.text[:500]}") from error
             raise
         self._metrics.pushed.labels(str(k)).inc()
+
+    def _record(self, task: RankingTask) -> dict[str, Any]:
+        return task_to_record(task, self._version, self._suggest(task) if self._suggest else None)
 
     def __call__(self, task: RankingTask, record: ConsumerRecord) -> Iterable[Outgoing]:
         if self._batched:
@@ -62,7 +68,7 @@ class Pusher:
         for k, items in by_size.items():
             dataset_id = str(self._datasets.ensure(k).id)
             try:
-                self._rest.upsert_records(dataset_id, [task_to_record(t, self._version) for t, _ in items])
+                self._rest.upsert_records(dataset_id, [self._record(t) for t, _ in items])
                 self._metrics.pushed.labels(str(k)).inc(len(items))
             except httpx.HTTPStatusError as error:
                 if error.response.status_code not in (400, 422):

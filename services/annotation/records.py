@@ -36,13 +36,17 @@ def record_metadata(task: RankingTask, guideline_version: str) -> dict[str, Any]
     return metadata
 
 
-def task_to_record(task: RankingTask, guideline_version: str) -> dict[str, Any]:
-    """The record as Argilla's bulk upsert takes it."""
+def task_to_record(task: RankingTask, guideline_version: str, suggestion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record as Argilla's bulk upsert takes it (with the reward model's ranking as a
+    suggestion, when one is given)."""
     fields = {PROMPT_FIELD: render_prompt(task.prompt)}
     for slot, candidate in enumerate(task.candidates, start=1):
         # Argilla rejects empty text fields; an empty answer is still an answer to rank.
         fields[answer_field(slot)] = candidate.text if candidate.text.strip() else "_(empty answer)_"
-    return {"external_id": task.task_id, "fields": fields, "metadata": record_metadata(task, guideline_version)}
+    record = {"external_id": task.task_id, "fields": fields, "metadata": record_metadata(task, guideline_version)}
+    if suggestion is not None:
+        record["suggestions"] = [suggestion]
+    return record
 
 
 def task_from_metadata(metadata: dict[str, Any] | None) -> RankingTask | None:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from services.runner import ConsumerSpec, run_consumer_service
 from shared.bus import EventProducer
+from shared.models.reward_scorer import RewardScorer, registry_locator
 from shared.topics import PREFERENCES, RANKING_TASKS, RANKINGS
 
 from .argilla_api import ArgillaRest
@@ -23,6 +24,8 @@ from .datasets import RankingDatasets
 from .jobs import collect_now, schedule_webhook_registration, start_collector_schedule
 from .metrics import AnnotationMetrics
 from .pusher import Pusher
+from .schema import RANK_QUESTION
+from .suggestions import RankingSuggester
 from .settings import AnnotationSettings
 from .state import CollectorState
 from .webhooks import PATH as WEBHOOK_PATH
@@ -104,5 +107,10 @@ def main(stop: threading.Event, settings: AnnotationSettings | None = None,
             stack.callback(listener.stop)
             url = options.webhook_url or f"http://127.0.0.1:{listener.port}{WEBHOOK_PATH}"
             schedule_webhook_registration(scheduler, datasets, listener, url)
-        pusher = Pusher(datasets, rest, options.version, metrics, batched=True)
+        suggest = None
+        if options.suggest_rankings:
+            scorer = RewardScorer(registry_locator(options.registry_dir or Path(settings.data_dir) / "registry"))
+            suggest = RankingSuggester(
+                scorer, lambda k: str(datasets.ensure(k).settings.questions[RANK_QUESTION].id))
+        pusher = Pusher(datasets, rest, options.version, metrics, batched=True, suggest=suggest)
         run_consumer_service(build_spec(settings, pusher), settings, stop, registry=registry)

@@ -41,6 +41,9 @@ class AnnotationOptions(BaseModel):
     webhook_url: str = Field(
         default="", description="URL Argilla calls; empty = http://127.0.0.1:<port>/webhooks/argilla (same host)"
     )
+    suggest_rankings: bool = Field(
+        default=False, description="show the promoted reward model's ranking (and scores) as an Argilla suggestion")
+    registry_dir: str = Field(default="", description="where the promoted reward model is found; default DATA_DIR/registry")
     annotators: list[str] = Field(
         default_factory=lambda: ["annotator-1", "annotator-2"],
         description="embedded mode only: annotator accounts to create (passwords in DATA_DIR/argilla/credentials.json)",

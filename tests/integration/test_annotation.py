@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 import argilla as rg
@@ -414,3 +413,53 @@ def test_batched_push_writes_one_record_per_task_in_one_request_per_batch(
     assert wait_for(lambda: committed_offsets(kafka, group_id, tasks_topic.name) == {0: 14}, timeout_s=60)
     ids = sorted(r.id for r in setup.datasets.ensure(2).records)
     assert ids == sorted(t.task_id for t in tasks)
+
+
+# --- reward-model suggestions ---------------------------------------------------------
+
+def test_the_promoted_reward_model_ranking_is_shown_as_a_suggestion(
+    argilla: EmbeddedArgilla, argilla_client: rg.Argilla, dataset_prefix: str,  # noqa: F811
+    make_setup: Callable[..., Setup], tmp_path: Path,
+) -> None:
+    """A real head-format reward model in a registry; the record Argilla stores carries
+    its ranking (scores in 0..1, the version as agent), and nothing before promotion."""
+    import json as json_module
+
+    import httpx
+    import torch
+
+    from services.annotation.schema import RANK_QUESTION
+    from services.annotation.suggestions import RankingSuggester
+    from services.trainer.tiny_models import build_tiny_policy
+    from shared.models.reward import RewardModel
+    from shared.models.reward_scorer import RewardScorer, registry_locator
+
+    setup = make_setup(options(dataset_prefix))
+    registry = tmp_path / "registry"
+    scorer = RewardScorer(registry_locator(registry), refresh_s=0)
+    suggest = RankingSuggester(scorer, lambda k: str(setup.datasets.ensure(k).settings.questions[RANK_QUESTION].id))
+    early = make_task(f"unpromoted-{dataset_prefix}", [1, 2, 3])
+    assert suggest(early) is None  # no reward model promoted yet: no suggestion
+
+    backbone = RewardModel.frozen_backbone(build_tiny_policy(tmp_path / "base"))
+    torch.manual_seed(0)
+    backbone.save_head(registry / "reward" / "rm-v0001", torch.randn(backbone.head.hidden_size))  # type: ignore[union-attr]
+    (registry / "reward" / "rm-v0001" / "manifest.json").write_text("{}")
+    (registry / "reward" / "promoted.json").write_text(json_module.dumps({"version": "rm-v0001"}))
+    pusher = Pusher(setup.datasets, setup.rest, "v1", setup.metrics, suggest=suggest)
+    task = make_task(f"suggested-{dataset_prefix}", [1, 2, 3])
+    pusher.push(task)
+
+    expected = scorer.rewards([{"role": "user", "content": task.prompt[0].content}], [c.text for c in task.candidates])
+    assert expected is not None
+    # read back over REST: the SDK's reader drops the rank numbers (see argilla_api.py)
+    server_id = next(r._server_id for r in setup.datasets.ensure(3).records if r.id == task.task_id)
+    stored = httpx.get(f"{argilla.url}/api/v1/records/{server_id}/suggestions",
+                       headers={"X-Argilla-Api-Key": argilla.api_key}, timeout=15).raise_for_status().json()["items"]
+    assert len(stored) == 1
+    suggestion = stored[0]
+    ranks = {v["value"]: v["rank"] for v in suggestion["value"]}
+    best_first = sorted(range(3), key=lambda i: -expected[i])
+    assert sorted(ranks, key=ranks.__getitem__) == [f"answer_{i + 1}" for i in best_first]  # the model's order
+    assert suggestion["agent"] == "rm-v0001" and suggestion["type"] == "model"
+    assert all(0 <= s <= 1 for s in suggestion["score"]) and abs(sum(suggestion["score"]) - 1) < 1e-4
