@@ -26,17 +26,16 @@ EMBEDDED_LOOP: tuple[str, ...] = (
 
 # Settings that make the embedded demo complete cycles in minutes on a 2-core laptop
 # (docs/trainer.md, "Choosing the defaults", has the measurements): every output
-# sampled, training at 40 new preferences, a PPO budget of 64 episodes, 32 held-out
-# prompts for the gate, a canary that graduates quickly. A variable already set in the
-# environment wins.
+# sampled, training at 40 new preferences, a canary that graduates quickly, consumers
+# that poll the embedded broker less often (their idle polling costs CPU that training
+# needs). A variable already set in the environment wins.
 DEMO_ENV: dict[str, str] = {
     "RLHF_SAMPLER__RULES": '[{"name": "demo-all", "strategy": "uniform", "rate": 1.0}]',
     "RLHF_SAMPLER__DEDUPE_WINDOW_S": "0",
     "RLHF_TRAINER__THRESHOLD": "40",
     "RLHF_TRAINER__MIN_INTERVAL_S": "30",
     "RLHF_TRAINER__CHECK_INTERVAL_S": "5",
-    "RLHF_TRAINER__HYPER__PPO_EPISODES": "64",
-    "RLHF_TRAINER__GATES__EVAL_PROMPTS": "32",
+    "RLHF_KAFKA__FETCH_MAX_WAIT_MS": "500",
     "RLHF_TRAINER__CANARY_FRACTION": "0.5",
     "RLHF_POLICY_SERVER__CANARY_GRADUATE_AFTER_S": "30",
     "RLHF_POLICY_SERVER__MAX_TOKENS_DEFAULT": "48",

@@ -40,17 +40,23 @@ class AnnotatorPool:
         return bool(self._annotators)
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(2.0):
+        """Looks for pending records every 2 s while there is work, backing off to 10 s
+        while there is none (every look is a search on the Argilla server)."""
+        idle_s = 2.0
+        while not stop.wait(idle_s):
             try:
                 if not self._annotators and not self._connect():
                     continue  # Argilla not up yet
+                ranked_now = 0
                 for annotator in self._annotators:
                     for dataset_id in annotator_datasets(annotator):
                         ranked = annotator.annotate(dataset_id, limit=20)
                         if ranked:
                             self._on_ranked(ranked)
+                            ranked_now += ranked
                         if stop.is_set():
                             return
+                idle_s = 2.0 if ranked_now else min(10.0, idle_s * 1.5)
             except httpx.HTTPError as error:  # Argilla restarting: try again, reconnecting
                 log.warning("simulated annotators paused: %r", error)
                 self.close()

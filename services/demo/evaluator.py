@@ -78,9 +78,15 @@ class ServedPolicyProbe:
         return comparison
 
     def run(self, stop: threading.Event, on_error: Callable[[Exception], None] | None = None) -> None:
+        """The base's answers first (while the loop collects its first rankings), so a
+        new version needs only its own answers and shows on the status line within
+        minutes of taking the traffic."""
         measured: str | None = None
         while not stop.wait(self._options.eval_check_interval_s):
             try:
+                if self._base_scores is None:
+                    self._base_scores = self.scores(BASE, stop)
+                    continue
                 version = self.served_version()
                 if version and version != BASE and version != measured and self.measure(version, stop):
                     measured = version
