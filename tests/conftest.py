@@ -6,6 +6,7 @@ uuid topics and consumer groups, so tests never see each other's messages.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -25,6 +26,10 @@ from shared.embedded.broker import EmbeddedBroker
 from shared.observability.metrics import BusMetrics
 from shared.settings import ConsumerSettings, KafkaSettings
 from shared.topics import Topic, dead_letter_topic
+
+# Models come from disk only, and TRL's experimental PPO need not warn in every test.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 # Short group timings keep a consumer-group join near one second on Tansu.
 FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
@@ -161,6 +166,14 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0, interval_s:
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny policy and a tiny reward base sharing one tokenizer: training in seconds."""
+    from services.trainer.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from shared.bus import EventProducer
 from shared.bus.dead_letter import header_map
 from shared.contracts import Preference, RankingTask, output_id_for
 from shared.embedded.broker import EmbeddedBroker
-from shared.embedded.ports import free_port, free_port_block, wait_for_port
+from shared.embedded.ports import free_port, free_port_block
 from shared.topics import LOOP_TOPICS, OUTPUTS, PREFERENCES, dead_letter_topic
 from tests import factories
 from tests.conftest import FAST_GROUP, read_topic, wait_for
@@ -91,7 +91,7 @@ def test_poison_on_every_topic_lands_in_each_consumers_dead_letters(whole_loop: 
     consumers = {
         "event-logger": {t.name for t in LOOP_TOPICS},
         "sampler": {"rlhf.outputs"},
-        "trainer": {"rlhf.outputs", "rlhf.preferences"},
+        "trainer": {"rlhf.outputs", "rlhf.preferences", "rlhf.model-updates"},  # model-updates: rolled_back
         "annotation": {"rlhf.ranking-tasks"},
         f"policy-server-{socket.gethostname()}": {"rlhf.model-updates"},
     }

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from shared.bus import EventProducer
 from shared.contracts import ModelOutput, ModelUpdate, Preference, TrainingRunStatus
-from shared.observability.http import HealthServer
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from services.trainer.executor import JobSpec, LocalProcessExecutor, ProcessHandle
@@ -34,20 +33,12 @@ from services.trainer.reporting import RunReporter
 from services.trainer.runs import RunCoordinator, RunRejected
 from services.trainer.service import run_service
 from services.trainer.store import PreferenceStore
-from services.trainer.tiny_models import build_tiny_models
 from tests.conftest import read_topic, wait_for
 from tests.trainer_support import make_output, make_preference, trainer_settings
 
 # TRL passes `gradient_checkpointing=False` on to a deprecated transformers alias.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore:var\\(\\):UserWarning")]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture

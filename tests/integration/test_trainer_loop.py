@@ -6,7 +6,6 @@ run continues from, and every optimiser trains only the adapter."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,20 +25,12 @@ from services.trainer.reporting import RunReporter
 from services.trainer.reward_model import accuracy, pair_rows
 from services.trainer.settings import GateThresholds, Hyperparameters, TrainerSettings
 from services.trainer.store import PreferenceStore
-from services.trainer.tiny_models import build_tiny_models
 from shared.contracts import Candidate, ChatMessage, Event, Preference, preference_id_for
 from shared.models.reward import RewardModel
 from tests.trainer_support import MODEL, TINY_HYPER, make_preference, trainer_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore:var\\(\\):UserWarning")]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return build_tiny_models(tmp_path_factory.mktemp("tiny-models"))
 
 
 class Loop:
