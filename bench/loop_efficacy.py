@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,6 +108,14 @@ def measure(base_model: Path, registry: Path, versions: list[str], oracle_name: 
     return report
 
 
+def copy_lines(stream: Any, path: Path, first: str) -> None:
+    with open(path, "w") as out:
+        out.write(first)
+        for line in stream:
+            out.write(line)
+            out.flush()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -140,6 +149,11 @@ def main() -> None:
             assert line, banner
             banner += line
         bootstrap = banner.split("RLHF_KAFKA__BOOTSTRAP_SERVERS=", 1)[1].split()[0]
+        # keep draining up's output (status lines) into a file: a full pipe would block it
+        up_log = RESULTS.with_name("loop_efficacy.up.log")
+        up_log.parent.mkdir(parents=True, exist_ok=True)
+        drain = threading.Thread(target=copy_lines, args=(up.stdout, up_log, banner), daemon=True)
+        drain.start()
         store = data / "trainer" / "store.sqlite"
         memory: list[dict[str, float]] = []
         seen_runs = 0
@@ -162,7 +176,7 @@ def main() -> None:
         finally:
             loop_seconds = time.time() - started_wall
             up.send_signal(signal.SIGINT)
-            up.communicate(timeout=180)
+            up.wait(timeout=180)
         runs = finished_runs(store)
         registry = data / "registry"
         submitted = {r.ranking_id: max(a.submitted_at for a in r.annotations) for r in rankings}

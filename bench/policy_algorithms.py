@@ -15,6 +15,7 @@ Run: .venv/bin/python -m bench.policy_algorithms [--episodes 64 --prompts 48 --e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ from typing import Any
 
 from services.demo.oracles import ORACLES
 from services.demo.settings import DemoOptions
-from services.trainer.evaluate import PolicySampler
+from services.trainer.evaluate import Answer, PolicySampler
 from services.trainer.features import FeatureCache
 from services.trainer.policy.base import PolicyData, PolicyTrainConfig, get_optimizer
 from services.trainer.reward_model import RewardModelConfig, accuracy, pair_rows, train_head
@@ -59,6 +60,28 @@ def preference_rows(prompts: list[Any], groups: list[list[str]], oracle_name: st
     return rows
 
 
+def base_data(base: Path, train_prompts: list[Any], held: list[Any], candidates: int,
+              options: DemoOptions) -> tuple[list[list[str]], list[Answer]]:
+    """The base's answer groups for the training prompts and its answers to the held-out
+    ones; cached on disk (they depend only on the base and the sampling settings)."""
+    key = hashlib.sha256(json.dumps([str(base), train_prompts, held, candidates, options.max_tokens,
+                                     options.temperature]).encode()).hexdigest()[:16]
+    cache = REPO / ".rlhf-loop" / "bench-cache" / f"base-answers-{key}.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        return saved["groups"], [Answer(**a) for a in saved["held"]]
+    sampler = PolicySampler(str(base), {})
+    groups: list[list[str]] = [[] for _ in train_prompts]
+    for k in range(candidates):
+        for i, answer in enumerate(sampler.generate(None, train_prompts, max_new_tokens=options.max_tokens,
+                                                    temperature=options.temperature, seed=1000 * (k + 1))):
+            groups[i].append(answer.text)
+    held_answers = sampler.generate(None, held, max_new_tokens=options.max_tokens, temperature=options.temperature)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"groups": groups, "held": [a.__dict__ for a in held_answers]}))
+    return groups, held_answers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=64, help="answers generated per online algorithm")
@@ -66,25 +89,23 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=5, help="answers per prompt in the preference data")
     parser.add_argument("--eval-prompts", type=int, default=64)
     parser.add_argument("--algorithms", nargs="*", default=["ppo", "rloo", "grpo", "dpo"])
+    parser.add_argument("--hyper", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a trainer hyperparameter for every algorithm (e.g. policy_batch_size=16)")
+    parser.add_argument("--rm-prompts", type=int, default=0,
+                        help="train the reward model on only this many of the prompts (0: all), like an early cycle")
     args = parser.parse_args()
     base = REPO / ".rlhf-loop" / "models" / DEFAULT_BASE_MODEL_NAME
     options = DemoOptions()
-    hyper = Hyperparameters()
+    hyper = Hyperparameters(**dict(item.split("=", 1) for item in args.hyper))
     split = prompt_split()
     train_prompts, held = split.replay[:args.prompts], split.heldout[:args.eval_prompts]
-    sampler = PolicySampler(str(base), {})
     started = time.perf_counter()
-    groups: list[list[str]] = [[] for _ in train_prompts]
-    for k in range(args.candidates):
-        for i, answer in enumerate(sampler.generate(None, train_prompts, max_new_tokens=options.max_tokens,
-                                                    temperature=options.temperature, seed=1000 * (k + 1))):
-            groups[i].append(answer.text)
-    base_answers = sampler.generate(None, held, max_new_tokens=options.max_tokens, temperature=options.temperature)
+    groups, base_answers = base_data(base, train_prompts, held, args.candidates, options)
     data_seconds = time.perf_counter() - started
-    del sampler
     oracle = ORACLES[options.oracle]
     base_scores = [oracle(p[-1]["content"], [a.text])[0] for p, a in zip(held, base_answers, strict=True)]
-    rows = preference_rows(train_prompts, groups, options.oracle)
+    rm_prompts = args.rm_prompts or len(train_prompts)
+    rows = preference_rows(train_prompts[:rm_prompts], groups[:rm_prompts], options.oracle)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rlhf-algorithms-") as tmp:
         root = Path(tmp)
@@ -120,7 +141,7 @@ def main() -> None:
     report = {
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "oracle": options.oracle, "train_prompts": len(train_prompts), "pairs": len(rows),
+        "oracle": options.oracle, "train_prompts": len(train_prompts), "rm_prompts": rm_prompts, "pairs": len(rows),
         "rm_train_accuracy": round(rm_train_accuracy, 3), "data_seconds": round(data_seconds, 1),
         "eval_prompts": len(held), "base": {"oracle_mean": round(mean, 3), "oracle_ci95": [round(low, 3), round(high, 3)],
                                             "finished_rate": sum(a.finished for a in base_answers) / len(held)},
