@@ -27,7 +27,7 @@ from shared.observability.http import Checks, run_checks
 from shared.topics import OUTPUTS
 
 from .metrics import PolicyServerMetrics
-from .models import Generation, PolicyPool
+from .models import Generation, PolicyPool, ShuttingDown
 from .routing import Router
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,10 @@ def create_app(
         except KeyError:  # the version was unloaded between routing and generation
             version = router.choose()
             generations = await asyncio.to_thread(run, request, version)
+        except ShuttingDown as stopped:
+            metrics.requests.labels(version, "shutting_down").inc()
+            return JSONResponse(status_code=503, headers={"Retry-After": "1"}, content={"error": {
+                "message": str(stopped), "type": "server_error", "param": None, "code": "shutting_down"}})
         except Exception:
             metrics.requests.labels(version, "error").inc()
             raise

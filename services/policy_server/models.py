@@ -4,6 +4,12 @@ PEFT switches adapters on the model object itself, so generation is serialised b
 lock: one request's adapter can never leak into another's. Loading a new adapter
 happens beside the serving ones and only then becomes routable, so a reload never
 drops a request in flight.
+
+`close()` is for shutdown: generation cannot be cancelled from outside its thread, and
+a request still generating (or waiting for the lock) after the drain period would
+hold the process past its grace period and be killed. Closing stops every generation
+at its next token and refuses new ones with `ShuttingDown` (503 to the client, who
+retries on another replica); nothing half-generated is ever returned as an answer.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ import torch
 log = logging.getLogger(__name__)
 
 BASE_VERSION = "base"
+
+
+class ShuttingDown(RuntimeError):
+    """The pool was closed: this generation was stopped or never started."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,12 @@ class PolicyPool:
         self._model = self._base  # becomes a PeftModel with the first adapter
         self._adapters: dict[str, Path] = {}
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._stop_when_closed = _StopWhenClosed(self._closed)
+
+    def close(self) -> None:
+        """Stop every generation at its next token; refuse new ones (see module doc)."""
+        self._closed.set()
 
     @property
     def versions(self) -> list[str]:
@@ -90,13 +106,16 @@ class PolicyPool:
         attention = prompt["attention_mask"].to(self.device)
         sample = temperature > 0
         with self._lock, self._adapter(version), torch.no_grad():
+            self._refuse_if_closed()
             if seed is not None:
                 torch.manual_seed(seed)
             output = self._model.generate(
                 input_ids=input_ids, attention_mask=attention, max_new_tokens=max_tokens,
                 do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
                 num_return_sequences=n, pad_token_id=self.tokenizer.pad_token_id,
+                stopping_criteria=[self._stop_when_closed],
             )
+            self._refuse_if_closed()
         return [self._finish(row.tolist()) for row in output[:, input_ids.shape[1]:]]
 
     def stream(self, messages: list[dict[str, str]], version: str, max_tokens: int, temperature: float,
@@ -118,12 +137,15 @@ class PolicyPool:
         def run() -> None:
             try:
                 with self._lock, self._adapter(version), torch.no_grad():
+                    self._refuse_if_closed()
                     if seed is not None:
                         torch.manual_seed(seed)
                     output = self._model.generate(
                         input_ids=input_ids, attention_mask=prompt["attention_mask"].to(self.device),
                         max_new_tokens=max_tokens, do_sample=sample, temperature=temperature if sample else None,
-                        top_p=top_p if sample else None, pad_token_id=self.tokenizer.pad_token_id, streamer=streamer)
+                        top_p=top_p if sample else None, pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
+                        stopping_criteria=[self._stop_when_closed])
+                    self._refuse_if_closed()
                 final = self._finish(output[0, input_ids.shape[1]:].tolist())
                 result.finish_reason, result.completion_tokens = final.finish_reason, final.completion_tokens
             except BaseException as error:  # surfaced to the consumer of the stream
@@ -143,6 +165,10 @@ class PolicyPool:
                 raise result.error
 
         return deltas(), result
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed.is_set():
+            raise ShuttingDown("the policy server is shutting down")
 
     def _finish(self, tokens: list[int]) -> Generation:
         eos = self.tokenizer.eos_token_id
@@ -166,3 +192,13 @@ class PolicyPool:
             raise KeyError(f"version {version!r} is not loaded")
         self._model.set_adapter(version)
         yield
+
+
+class _StopWhenClosed:
+    """A transformers stopping criterion: every sequence is done once the pool closes."""
+
+    def __init__(self, closed: threading.Event) -> None:
+        self._closed = closed
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: object) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self._closed.is_set(), dtype=torch.bool, device=input_ids.device)

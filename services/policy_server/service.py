@@ -37,6 +37,17 @@ def base_model_path(settings: PolicyServerSettings) -> Path:
     return path
 
 
+def drain_http(server: uvicorn.Server, http: threading.Thread, pool: PolicyPool, drain_s: float) -> None:
+    """Stop accepting, let requests in flight finish for `drain_s`, then stop the
+    generations still running and wait for the server to close."""
+    server.should_exit = True
+    http.join(drain_s + 1)
+    pool.close()
+    http.join(10)
+    if http.is_alive():
+        log.warning("policy-server: HTTP server still closing after the drain period")
+
+
 def main(stop: threading.Event) -> None:
     settings = PolicyServerSettings()
     options = settings.policy_server
@@ -65,13 +76,14 @@ def main(stop: threading.Event) -> None:
                          max_tokens_limit=options.max_tokens_limit, max_n=options.max_n,
                          producer=producer if options.capture else None,
                          readiness={"kafka": kafka_reachable(settings.kafka)})
+        # Half the grace period for requests in flight to finish; then generation still
+        # running is stopped (503) so the process exits before it would be killed.
+        drain_s = settings.consumer.shutdown_grace_s / 2
         server = uvicorn.Server(uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
-                                               log_level="warning", timeout_graceful_shutdown=int(
-                                                   settings.consumer.shutdown_grace_s)))
+                                               log_level="warning", timeout_graceful_shutdown=max(1, int(drain_s))))
         http = threading.Thread(target=server.run, name="policy-http", daemon=True)
         http.start()
-        stack.callback(http.join, 30)
-        stack.callback(setattr, server, "should_exit", True)
+        stack.callback(drain_http, server, http, pool, drain_s)
         log.info("policy-server: serving %s on :%d", options.served_model_name, settings.http.port)
         loop.run()  # until stop; in-flight HTTP requests finish during uvicorn's graceful shutdown
     log.info("policy-server: stopped cleanly")

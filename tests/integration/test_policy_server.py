@@ -196,3 +196,39 @@ def test_measurement_traffic_is_served_never_captured_and_the_probe_reports_it(r
                                                                                timeout_s=3)]
     assert not [o for o in captured if o.conversation[0].content.startswith("held-out question")]
     server.producer.close()  # type: ignore[union-attr]
+
+
+def test_closing_the_pool_stops_generation_in_flight_and_refuses_new_requests_with_503(registry_dir: Path) -> None:
+    """Shutdown must not wait for generation it cannot cancel: a stream in progress stops
+    at its next token (an error, never a cut answer passed off as complete), a request
+    waiting for the model is refused, and the HTTP API answers 503 with Retry-After."""
+    from services.policy_server.models import ShuttingDown
+
+    server = Server(registry_dir, None)
+    pool = server.pool
+    hello = [{"role": "user", "content": "tell me a long story"}]
+    deltas, result = pool.stream(hello, BASE_VERSION, max_tokens=400, temperature=1.0, top_p=1.0, seed=3)
+    next(deltas)  # generating now
+    waiting: list[BaseException] = []
+
+    def queued() -> None:
+        try:
+            pool.generate(hello, BASE_VERSION, n=1, max_tokens=400, temperature=1.0, top_p=1.0)
+        except BaseException as error:  # noqa: BLE001 - recorded for the assertion
+            waiting.append(error)
+
+    behind = threading.Thread(target=queued)
+    behind.start()
+    pool.close()
+    with pytest.raises(ShuttingDown):
+        list(deltas)
+    behind.join(10)
+    assert not behind.is_alive() and len(waiting) == 1 and isinstance(waiting[0], ShuttingDown)
+    assert result.completion_tokens < 400
+    with serve(server.app) as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(model="rlhf-policy", messages=hello, max_tokens=8)
+    assert refused.value.status_code == 503 and refused.value.response.headers["retry-after"] == "1"
+    assert server.registry.get_sample_value("rlhf_policy_requests_total",
+                                            {"version": "base", "status": "shutting_down"}) == 1
