@@ -48,9 +48,11 @@ class GroupOptimizer:
         self._trl = trl_classes
 
     def train(self, config: PolicyTrainConfig, data: PolicyData) -> PolicyResult:
+        import torch
         from datasets import Dataset
 
         from ..device import trl_common_args
+        from .ppo_models import floor_empty_answers
 
         hyper = config.hyper
         config_class, trainer_class = self._trl()
@@ -59,7 +61,10 @@ class GroupOptimizer:
         reward = RewardModel.load(config.reward_model, device=config.device, max_length=hyper.max_length)
 
         def score(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
-            return reward.score(prompts, [_text(c) for c in completions])
+            texts = [_text(c) for c in completions]
+            scores = torch.tensor(reward.score(prompts, texts))
+            empty = torch.tensor([not t.strip() for t in texts])
+            return floor_empty_answers(scores, empty).tolist()  # see ppo_models
 
         generations = hyper.num_generations
         per_device = max(generations, hyper.policy_batch_size - hyper.policy_batch_size % generations)

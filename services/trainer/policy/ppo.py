@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from shared.models.reward import RewardModel, load_tokenizer
 
@@ -21,6 +22,16 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 PPO_METRICS = {"objective/kl": "ppo_kl", "objective/scores": "ppo_score", "objective/rlhf_reward": "ppo_rlhf_reward",
                "loss/policy_avg": "ppo_policy_loss", "loss/value_avg": "ppo_value_loss",
                "val/num_eos_tokens": "ppo_eos_per_batch"}
+
+
+def generation_suffix(tok: Any) -> list[int]:
+    """The tokens the chat template puts between a prompt and its answer ([] when the
+    template does not simply append them): an answer that is EOS right after these is
+    empty."""
+    probe = [{"role": "user", "content": "x"}]
+    prompted = tok.apply_chat_template(probe, add_generation_prompt=True, tokenize=True, return_dict=False)
+    plain = tok.apply_chat_template(probe, add_generation_prompt=False, tokenize=True, return_dict=False)
+    return list(prompted[len(plain):]) if prompted[:len(plain)] == plain else []
 
 
 class PpoOptimizer:
@@ -56,7 +67,8 @@ class PpoOptimizer:
             seed=hyper.seed, **trl_common_args(config.device),
         )
         trainer = PPOTrainer(args=args, processing_class=tok, model=start.model, ref_model=None,
-                             reward_model=FinalAnswerReward(reward, tok.eos_token_id), train_dataset=dataset,
+                             reward_model=FinalAnswerReward(reward, tok.eos_token_id, generation_suffix(tok)),
+                             train_dataset=dataset,
                              value_model=SharedBackboneValue(reward), peft_config=None)
         started = time.perf_counter()
         trainer.train()
