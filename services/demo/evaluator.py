@@ -88,8 +88,10 @@ class ServedPolicyProbe:
                     self._base_scores = self.scores(BASE, stop)
                     continue
                 version = self.served_version()
-                if version and version != BASE and version != measured and self.measure(version, stop):
-                    measured = version
+                if version and version != BASE and version != measured:
+                    with self._watch.probe_first():  # the replay waits (see pacing)
+                        if self.measure(version, stop):
+                            measured = version
             except httpx.HTTPError as error:  # the policy server restarting or busy: try again later
                 log.warning("win-rate probe paused: %r", error)
                 if on_error:

@@ -5,6 +5,11 @@ cores, and the job then takes twice as long. Real traffic never waits for traini
 (production runs them on different machines); the demo's replay and probe do, when
 `pause_while_training` is on: they hold while the trainer's `rlhf_trainer_run_active`
 is 1. If the trainer cannot be reached, nothing is paused.
+
+With the same setting the replay also steps aside while the probe measures a newly
+served version: otherwise the next cycle's traffic takes every idle minute, the probe
+finishes only between runs, and the status line never shows the served version's
+win rate. The probe's base answers at start-up are measured beside the traffic.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,6 +31,7 @@ class TrainingWatch:
         self._checked_at = 0.0
         self._active = False
         self._lock = threading.Lock()
+        self._probing = threading.Event()
 
     def training(self) -> bool:
         if not self._enabled:
@@ -48,6 +56,24 @@ class TrainingWatch:
     def wait_until_idle(self, stop: threading.Event) -> bool:
         """Block while a run trains; False if `stop` was set meanwhile."""
         while self.training():
+            if stop.wait(self._refresh_s):
+                return False
+        return not stop.is_set()
+
+    @contextmanager
+    def probe_first(self) -> Iterator[None]:
+        """While this is held, `wait_for_traffic_turn` holds the replay."""
+        if self._enabled:
+            self._probing.set()
+        try:
+            yield
+        finally:
+            self._probing.clear()
+
+    def wait_for_traffic_turn(self, stop: threading.Event) -> bool:
+        """Block while a run trains or the probe measures a new version; False if
+        `stop` was set meanwhile."""
+        while self._probing.is_set() or self.training():
             if stop.wait(self._refresh_s):
                 return False
         return not stop.is_set()

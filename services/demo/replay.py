@@ -33,7 +33,7 @@ class Replayer:
     def run(self, stop: threading.Event) -> None:
         interval = 1.0 / self._options.requests_per_s
         for messages in itertools.cycle(self._prompts):
-            if stop.wait(interval) or not self._watch.wait_until_idle(stop):
+            if stop.wait(interval) or not self._watch.wait_for_traffic_turn(stop):
                 break
             try:
                 response = self._client.post(self._options.policy_url.rstrip("/") + "/chat/completions", json={

@@ -55,3 +55,28 @@ def test_training_watch_holds_while_a_run_trains() -> None:
         assert not watch.wait_until_idle(stop)  # a shutdown ends the wait
         assert not TrainingWatch(f"http://127.0.0.1:{server.port}", enabled=False).training()
     assert not TrainingWatch("http://127.0.0.1:9", enabled=True).training()  # trainer unreachable: no pause
+
+
+def test_the_replay_waits_while_the_probe_measures_a_new_version() -> None:
+    registry = CollectorRegistry()
+    TrainerMetrics(registry)  # no run active
+    with HealthServer(registry, "127.0.0.1", 0) as server:
+        watch = TrainingWatch(f"http://127.0.0.1:{server.port}", enabled=True, refresh_s=0.05)
+        assert watch.wait_for_traffic_turn(threading.Event())  # nobody ahead: at once
+        waited: list[float] = []
+
+        def replay_turn() -> None:
+            started = time.monotonic()
+            watch.wait_for_traffic_turn(threading.Event())
+            waited.append(time.monotonic() - started)
+
+        with watch.probe_first():
+            replay = threading.Thread(target=replay_turn)
+            replay.start()
+            time.sleep(0.4)
+            assert replay.is_alive()  # held while the probe measures
+        replay.join(2)
+        assert waited and waited[0] >= 0.35
+        off = TrainingWatch(f"http://127.0.0.1:{server.port}", enabled=False)
+        with off.probe_first():  # pacing off: the replay never waits
+            assert off.wait_for_traffic_turn(threading.Event())
