@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import httpx
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 Prompt = list[dict[str, str]]
 BASE = "base"
+BASE_STEP_S = 30.0  # base answers are scored in steps this long, then the served version is checked again
 
 
 class ServedPolicyProbe:
@@ -39,6 +41,7 @@ class ServedPolicyProbe:
         self._metrics = metrics
         self._client = client or httpx.Client(timeout=300)
         self._base_scores: list[float] | None = None
+        self._base_partial: list[float] = []  # base answers scored so far, before a version needs them
         self.last: tuple[str, PairedComparison] | None = None
 
     def served_version(self) -> str | None:
@@ -55,9 +58,16 @@ class ServedPolicyProbe:
         response.raise_for_status()
         return str(response.json()["choices"][0]["message"]["content"] or "")
 
-    def scores(self, version: str, stop: threading.Event) -> list[float] | None:
-        values = []
+    def scores(self, version: str, stop: threading.Event, done: list[float] | None = None,
+               deadline: float = float("inf")) -> list[float] | None:
+        """Oracle scores of `version`'s answers, continuing after the `done` ones;
+        None if stopped, partial (shorter) if `deadline` (monotonic) passed."""
+        values = list(done or [])
         for seed, prompt in enumerate(self._prompts):
+            if seed < len(values):
+                continue
+            if time.monotonic() > deadline:
+                break
             if not self._watch.wait_until_idle(stop):
                 return None
             values.extend(self._oracle(prompt[-1]["content"], [self.answer(version, prompt, seed)]))
@@ -65,9 +75,12 @@ class ServedPolicyProbe:
 
     def measure(self, version: str, stop: threading.Event) -> PairedComparison | None:
         if self._base_scores is None:
-            self._base_scores = self.scores(BASE, stop)
+            base = self.scores(BASE, stop, self._base_partial)
+            if base is None:
+                return None
+            self._base_scores = base
         served = self.scores(version, stop)
-        if served is None or self._base_scores is None:
+        if served is None:
             return None
         comparison = compare(served, self._base_scores)
         self.last = (version, comparison)
@@ -78,20 +91,23 @@ class ServedPolicyProbe:
         return comparison
 
     def run(self, stop: threading.Event, on_error: Callable[[Exception], None] | None = None) -> None:
-        """The base's answers first (while the loop collects its first rankings), so a
-        new version needs only its own answers and shows on the status line within
-        minutes of taking the traffic."""
+        """The base's answers first, a few at a time beside the traffic while only the
+        base is served, so a new version needs only its own answers. A newly served
+        version is measured ahead of the traffic (see pacing)."""
         measured: str | None = None
         while not stop.wait(self._options.eval_check_interval_s):
             try:
-                if self._base_scores is None:
-                    self._base_scores = self.scores(BASE, stop)
-                    continue
                 version = self.served_version()
                 if version and version != BASE and version != measured:
-                    with self._watch.probe_first():  # the replay waits (see pacing)
+                    with self._watch.probe_first():
                         if self.measure(version, stop):
                             measured = version
+                elif self._base_scores is None:
+                    partial = self.scores(BASE, stop, self._base_partial, time.monotonic() + BASE_STEP_S)
+                    if partial is not None:
+                        self._base_partial = partial
+                        if len(partial) == len(self._prompts):
+                            self._base_scores = partial
             except httpx.HTTPError as error:  # the policy server restarting or busy: try again later
                 log.warning("win-rate probe paused: %r", error)
                 if on_error:

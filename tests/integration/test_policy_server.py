@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -182,12 +183,16 @@ def test_measurement_traffic_is_served_never_captured_and_the_probe_reports_it(r
         probe = ServedPolicyProbe(DemoOptions(policy_url=base_url, eval_prompts=6, max_tokens=6, temperature=1.0),
                                   prefer_longer, prompts, DemoMetrics(demo_registry))
         assert probe.served_version() == "policy-v0001"
-        comparison = probe.measure("policy-v0001", threading.Event())
-        again = probe.measure("policy-v0001", threading.Event())
+        stop = threading.Event()
+        assert probe.scores("base", stop, deadline=time.monotonic() - 1) == []  # a step past its deadline
+        first = probe.scores("base", stop)
+        assert first is not None and probe.scores("base", stop, done=first[:2]) == first  # continues where it was
+        comparison = probe.measure("policy-v0001", stop)
+        again = probe.measure("policy-v0001", stop)
     assert comparison is not None and comparison.n == 6 and again == comparison  # seeded: the same answers again
-    assert server.registry.get_sample_value("rlhf_policy_captured_total", {"outcome": "not_stored"}) == 18
+    assert server.registry.get_sample_value("rlhf_policy_captured_total", {"outcome": "not_stored"}) == 18 + 10
     assert server.registry.get_sample_value("rlhf_policy_captured_total", {"outcome": "ok"}) is None
-    assert server.registry.get_sample_value("rlhf_policy_requests_total", {"version": "base", "status": "ok"}) == 6
+    assert server.registry.get_sample_value("rlhf_policy_requests_total", {"version": "base", "status": "ok"}) == 6 + 10
     assert demo_registry.get_sample_value("rlhf_demo_win_rate_vs_base", {"version": "policy-v0001"}) == \
         comparison.win_rate
     assert demo_registry.get_sample_value("rlhf_demo_win_rate_prompts", {"version": "policy-v0001"}) == 6
