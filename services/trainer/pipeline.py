@@ -232,6 +232,7 @@ class TrainingRun:
 
         with self.stage("publish"):
             self._check_owner()
+            self._record_peak_memory()  # every stage that loads a model has run: the manifest carries it
             parent_lineage = self.registry.manifest("policy", incumbent).get("lineage", []) if incumbent else []
             version = self.registry.publish("policy", policy_dir, {
                 **common_manifest, "parent_version": incumbent, "base_model": opts.base_model,
@@ -272,10 +273,13 @@ class TrainingRun:
         self.metrics["judge_fold_accuracy"] = sum(judge.fold_accuracy) / max(1, len(judge.fold_accuracy))
         return judge
 
-    def _finish(self, state: str, gate: GateResult, *, model_version: str | None, rm_version: str) -> str:
+    def _record_peak_memory(self) -> None:
         import resource
 
         self.metrics["job_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _finish(self, state: str, gate: GateResult, *, model_version: str | None, rm_version: str) -> str:
+        self._record_peak_memory()
         reason = "; ".join(gate.reasons) if gate.reasons else None
         self.reporter.state(self.run_id, state, reason=reason, metrics=dict(self.metrics),
                             model_version=model_version or rm_version,

@@ -180,6 +180,7 @@ def test_trainer_service_full_run_publishes_and_promotes(kafka: KafkaSettings, p
         assert manifest["gate"] == {"passed": True, "reasons": []}
         assert manifest["init"]["kind"] == "fresh" and manifest["lineage"] == []
         assert {"rm_accuracy", "win_rate", "p_value", "kl", "degenerate_rate"} <= set(manifest["metrics"])
+        assert manifest["metrics"]["job_peak_rss_mb"] > 100  # the job loaded two models: its real peak
         assert manifest["evaluation"]["judge"] == "ensemble" and manifest["evaluation"]["prompts"] >= 1
         assert manifest["hyperparameters"]["lora_r"] == 8 and manifest["code_version"]
         assert json.loads((tmp_path / "registry" / "policy" / "promoted.json").read_text())["version"] == "policy-v0001"
