@@ -40,8 +40,7 @@ class ServedPolicyProbe:
         self._prompts = prompts[: options.eval_prompts]
         self._metrics = metrics
         self._client = client or httpx.Client(timeout=300)
-        self._base_scores: list[float] | None = None
-        self._base_partial: list[float] = []  # base answers scored so far, before a version needs them
+        self._base_scores: list[float] = []  # base answers scored so far; complete once one per prompt
         self.last: tuple[str, PairedComparison] | None = None
 
     def served_version(self) -> str | None:
@@ -74,15 +73,14 @@ class ServedPolicyProbe:
         return values
 
     def measure(self, version: str, stop: threading.Event) -> PairedComparison | None:
-        if self._base_scores is None:
-            base = self.scores(BASE, stop, self._base_partial)
-            if base is None:
-                return None
-            self._base_scores = base
+        base = self.scores(BASE, stop, self._base_scores)  # only the base answers still missing
+        if base is None:
+            return None
+        self._base_scores = base
         served = self.scores(version, stop)
         if served is None:
             return None
-        comparison = compare(served, self._base_scores)
+        comparison = compare(served, base)
         self.last = (version, comparison)
         self._metrics.observe_probe(version, comparison)
         log.info("served %s vs base on %d held-out prompts (annotators' preference): %d wins, %d losses, %d ties,"
@@ -102,12 +100,9 @@ class ServedPolicyProbe:
                     with self._watch.probe_first():
                         if self.measure(version, stop):
                             measured = version
-                elif self._base_scores is None:
-                    partial = self.scores(BASE, stop, self._base_partial, time.monotonic() + BASE_STEP_S)
-                    if partial is not None:
-                        self._base_partial = partial
-                        if len(partial) == len(self._prompts):
-                            self._base_scores = partial
+                elif len(self._base_scores) < len(self._prompts):
+                    self._base_scores = self.scores(BASE, stop, self._base_scores,
+                                                    time.monotonic() + BASE_STEP_S) or self._base_scores
             except httpx.HTTPError as error:  # the policy server restarting or busy: try again later
                 log.warning("win-rate probe paused: %r", error)
                 if on_error:

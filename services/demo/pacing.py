@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -55,10 +55,7 @@ class TrainingWatch:
 
     def wait_until_idle(self, stop: threading.Event) -> bool:
         """Block while a run trains; False if `stop` was set meanwhile."""
-        while self.training():
-            if stop.wait(self._refresh_s):
-                return False
-        return not stop.is_set()
+        return self._wait_while(self.training, stop)
 
     @contextmanager
     def probe_first(self) -> Iterator[None]:
@@ -73,7 +70,10 @@ class TrainingWatch:
     def wait_for_traffic_turn(self, stop: threading.Event) -> bool:
         """Block while a run trains or the probe measures a new version; False if
         `stop` was set meanwhile."""
-        while self._probing.is_set() or self.training():
+        return self._wait_while(lambda: self._probing.is_set() or self.training(), stop)
+
+    def _wait_while(self, busy: Callable[[], bool], stop: threading.Event) -> bool:
+        while busy():
             if stop.wait(self._refresh_s):
                 return False
         return not stop.is_set()

@@ -48,8 +48,8 @@ class RewardScorer:
         return model.score([prompt] * len(answers), list(answers))
 
     def _maybe_reload(self) -> None:
-        if time.monotonic() - self._checked_at < self._refresh_s and self._model is not None:
-            return
+        if self._checked_at and time.monotonic() - self._checked_at < self._refresh_s:
+            return  # also while none is published: no registry read per scored output
         with self._lock:
             self._checked_at = time.monotonic()
             try:
@@ -61,7 +61,7 @@ class RewardScorer:
                 return
             self._model = RewardModel.load(path, max_length=self._max_length)
             self._loaded_from = path
-            log.info("uncertainty sampling now uses reward model %s", path)
+            log.info("scoring with reward model %s", path)
 
 
 def directory_locator(directory: str | None) -> ModelLocator:
