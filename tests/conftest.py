@@ -135,7 +135,9 @@ def start_loop(kafka: KafkaSettings) -> Iterator[Callable[..., LoopThread]]:
     started: list[LoopThread] = []
 
     def start(topics: list[Topic], group: str, handler: Handler, ticker: Ticker | None = None,
-              sink: BatchSink | None = None, max_poll_records: int | None = None, **consumer: object) -> LoopThread:
+              sink: BatchSink | None = None, max_poll_records: int | None = None,
+              wrap_producer: Callable[[EventProducer], EventProducer] | None = None,
+              **consumer: object) -> LoopThread:
         ensure_topics(kafka, [(dead_letter_topic(group), 1)])
         registry = CollectorRegistry()
         metrics = BusMetrics(registry)
@@ -144,7 +146,8 @@ def start_loop(kafka: KafkaSettings) -> Iterator[Callable[..., LoopThread]]:
         producer = EventProducer(kafka, metrics)
         kafka_settings = kafka.model_copy(update={"max_poll_records": max_poll_records}) if max_poll_records else kafka
         loop = ConsumerLoop(topics=topics, group_id=group, handler=handler, kafka=kafka_settings,
-                            consumer=settings, producer=producer, metrics=metrics, stop=stop,
+                            consumer=settings, producer=wrap_producer(producer) if wrap_producer else producer,
+                            metrics=metrics, stop=stop,
                             ticker=ticker, tick_interval_s=0.1, sink=sink)
         runner = LoopThread(loop, stop, producer, registry).start()
         started.append(runner)

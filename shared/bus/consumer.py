@@ -17,6 +17,11 @@ Failures:
   any other exception
       -> retried in place with exponential backoff, `max_attempts` in all, then
          dead-lettered with the last error.
+The same three outcomes hold for a BatchSink's flush (a whole batch redelivered with
+backoff, `max_attempts` times for an unexpected error, then each of its records
+dead-lettered) and a dead letter that cannot be stored redelivers its record. A
+ticker that raises is logged and counted, and asked again at the next tick. Nothing a
+dependency does ends the loop: only `stop` does.
 Stop (SIGTERM): the record in hand is finished, the rest of the batch is left for
 redelivery, finished work is flushed and committed, then the consumer closes.
 """
@@ -126,6 +131,7 @@ class ConsumerLoop:
         self._tick_interval_s = tick_interval_s
         self._next_tick = 0.0
         self._dependency_failures = 0
+        self._sink_failures = 0  # consecutive unexpected flush errors on the same batch
         self.last_poll_monotonic = time.monotonic()
 
     # -- public -------------------------------------------------------------------
@@ -148,6 +154,7 @@ class ConsumerLoop:
         self._metrics.last_poll.labels(self.group_id).set_to_current_time()
         finished: dict[TopicPartition, OffsetAndMetadata] = {}
         first_offsets: dict[TopicPartition, int] = {}
+        handled: list[ConsumerRecord] = []  # what the sink holds, should it fail for good
         count = 0
         try:
             for tp, records in batch.items():
@@ -163,10 +170,11 @@ class ConsumerLoop:
                         break
                     first_offsets.setdefault(tp, record.offset)
                     finished[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+                    handled.append(record)
                     count += 1
         except _Retry:
             pass  # stopping: what is finished is committed below, the rest redelivered
-        if not self._flush_sink({tp.topic for tp in first_offsets}):
+        if not self._flush_sink({tp.topic for tp in first_offsets}, handled):
             for tp, offset in first_offsets.items():
                 self._consumer.seek(tp, offset)
             return 0
@@ -179,8 +187,10 @@ class ConsumerLoop:
             self._dependency_failures = 0  # a whole batch went through: the outage is over
         return count
 
-    def _flush_sink(self, topics: set[str]) -> bool:
-        """False when the batch must be redelivered (the sink's dependency is down)."""
+    def _flush_sink(self, topics: set[str], handled: list[ConsumerRecord]) -> bool:
+        """False when the batch must be redelivered: the sink's dependency is down, it
+        failed unexpectedly (fewer than `max_attempts` times in a row), or a dead letter
+        could not be stored."""
         if self._sink is None or not topics:
             return True
         try:
@@ -194,8 +204,28 @@ class ConsumerLoop:
                         self.group_id, unavailable, delay)
             self._backoff_until = time.monotonic() + delay
             return False
-        for record, reason in refused:
-            self._dead_letter(record, "poison", reason, PoisonMessage(reason), 1)
+        except Exception as error:  # noqa: BLE001 - the loop decides, see the module docstring
+            for topic in topics:
+                self._metrics.failed.labels(topic, self.group_id, "error").inc()
+            self._sink_failures += 1
+            if self._sink_failures < self._settings.max_attempts:
+                delay = self._delay(self._sink_failures)
+                log.warning("group %s: batch write raised (attempt %d/%d), redelivering in %.1fs: %r",
+                            self.group_id, self._sink_failures, self._settings.max_attempts, delay, error)
+                self._backoff_until = time.monotonic() + delay
+                return False
+            reason = f"batch write failed {self._sink_failures} times: {type(error).__name__}: {error}"
+            refused = [(record, reason) for record in handled]
+            kind = "retries_exhausted"
+        else:
+            kind = "poison"
+        self._sink_failures = 0
+        try:
+            for record, reason in refused:
+                self._dead_letter(record, kind, reason, PoisonMessage(reason), self._settings.max_attempts
+                                  if kind == "retries_exhausted" else 1)
+        except _Retry:
+            return False
         return True
 
     def close(self) -> None:
@@ -263,13 +293,24 @@ class ConsumerLoop:
     def _dead_letter(
         self, record: ConsumerRecord, kind: str, reason: str, error: BaseException, attempts: int
     ) -> None:
+        """Store the record on the dead-letter topic, acknowledged. If the broker does
+        not take it, the record is redelivered (raises _Retry): it is never committed
+        without having been stored somewhere."""
         headers = dead_letter_headers(
             record, group_id=self.group_id, kind=kind, reason=reason,
             error_type=type(error).__name__, attempts=attempts,
         )
-        # Wait for the acknowledgement: the offset is committed right after, so a
-        # dead letter that was never stored would be a lost message.
-        self._producer.send_raw(self.dead_letter_topic, record.key, record.value, headers=headers).get(timeout=30)
+        try:
+            self._producer.send_raw(self.dead_letter_topic, record.key, record.value,
+                                    headers=headers).get(timeout=30)
+        except Exception as failure:  # noqa: BLE001 - any failure to store is "try again"
+            self._metrics.failed.labels(record.topic, self.group_id, "dead_letter_failed").inc()
+            self._dependency_failures += 1
+            delay = self._delay(self._dependency_failures)
+            self._backoff_until = time.monotonic() + delay
+            log.warning("group %s: dead letter for %s@%s/%s not stored (%r); redelivering in %.1fs",
+                        self.group_id, record.topic, record.partition, record.offset, failure, delay)
+            raise _Retry() from failure
         self._metrics.dead_lettered.labels(record.topic, self.group_id, kind).inc()
         log.error("dead-lettered %s@%s/%s to %s: %s",
                   record.topic, record.partition, record.offset, self.dead_letter_topic, reason)
@@ -306,7 +347,12 @@ class ConsumerLoop:
         if self._ticker is None or time.monotonic() < self._next_tick:
             return
         self._next_tick = time.monotonic() + self._tick_interval_s
-        outgoing = self._ticker.due()
+        try:
+            outgoing = self._ticker.due()
+        except Exception:  # noqa: BLE001 - a timer's failure must not end the consumer
+            self._metrics.failed.labels("-", self.group_id, "ticker_error").inc()
+            log.exception("group %s: ticker raised; asking again at the next tick", self.group_id)
+            return
         if not outgoing:
             return
         futures = [self._producer.send(out.topic, out.event) for out in outgoing]

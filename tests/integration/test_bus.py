@@ -299,3 +299,154 @@ def test_ticker_output_is_produced_between_batches_and_confirmed_after_ack(
     assert sorted(RankingTask.model_validate_json(r.value).output_id for r in tasks) == sorted(
         e.output_id for e in held)
     assert len(tasks) == 3
+
+
+class CollectingSink:
+    """Holds the batch's events and writes them at flush, failing `failures` times
+    first with an error that is neither poison nor an outage (a bug, an unexpected
+    answer)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.held: list[str] = []
+        self.written: list[str] = []
+
+    def __call__(self, event: Event, record: ConsumerRecord) -> Iterable[Outgoing]:
+        assert isinstance(event, ModelOutput)
+        self.held.append(event.output_id)
+        return ()
+
+    def flush(self) -> list[tuple[ConsumerRecord, str]]:
+        held, self.held = self.held, []
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("unexpected answer from the sink's dependency")
+        self.written += held
+        return []
+
+
+def test_a_sink_error_redelivers_the_batch_and_the_loop_keeps_running(
+    kafka: KafkaSettings, make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: StartLoop,
+) -> None:
+    source = make_topic(ModelOutput)
+    sink = CollectingSink(failures=2)
+    events = outputs(4, "sink-flaky")
+    for event in events:
+        producer.send(source, event)
+    producer.flush()
+    runner = start_loop([source], group_id, sink, sink=sink, max_attempts=3)
+    assert wait_for(lambda: committed_offsets(kafka, group_id, source.name) == {0: 4})
+    runner.join()
+    assert runner.error is None
+    assert sorted(set(sink.written)) == sorted(e.output_id for e in events)
+    assert runner.metric("rlhf_messages_failed_total", topic=source.name, group=group_id, reason="error") == 2
+    assert runner.metric("rlhf_messages_dead_lettered_total", topic=source.name, group=group_id,
+                         reason="retries_exhausted") == 0
+
+
+def test_a_sink_that_keeps_failing_dead_letters_its_batch_and_goes_on(
+    kafka: KafkaSettings, make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: StartLoop,
+) -> None:
+    source = make_topic(ModelOutput)
+    sink = CollectingSink(failures=3)
+    first, later = outputs(2, "sink-broken"), outputs(2, "sink-after")
+    for event in first:
+        producer.send(source, event)
+    producer.flush()
+    runner = start_loop([source], group_id, sink, sink=sink, max_attempts=3)
+    dead = read_topic(kafka, dead_letter_topic(group_id), expected=2)
+    for event in later:
+        producer.send(source, event)
+    producer.flush()
+    assert wait_for(lambda: committed_offsets(kafka, group_id, source.name) == {0: 4})
+    runner.join()
+    assert runner.error is None
+    assert sorted(ModelOutput.model_validate_json(r.value).output_id for r in dead) == sorted(
+        e.output_id for e in first)
+    headers = header_map(dead[0].headers)
+    assert headers["dlq.kind"] == "retries_exhausted"
+    assert "unexpected answer" in headers["dlq.reason"]
+    assert sink.written == [e.output_id for e in later]
+
+
+class RaisingTicker(WindowTicker):
+    def __init__(self, sink: Topic, failures: int) -> None:
+        super().__init__(sink)
+        self.failures = failures
+
+    def due(self) -> list[Outgoing]:
+        if self.waiting and self.failures > 0:
+            self.failures -= 1
+            raise OSError("database is locked")
+        return super().due()
+
+
+def test_a_ticker_that_raises_is_asked_again_and_the_loop_keeps_running(
+    kafka: KafkaSettings, make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: StartLoop,
+) -> None:
+    source, sink = make_topic(ModelOutput), make_topic(RankingTask)
+    ticker = RaisingTicker(sink, failures=2)
+
+    def hold(event: Event, record: ConsumerRecord) -> Iterable[Outgoing]:
+        assert isinstance(event, ModelOutput)
+        ticker.waiting.append(event)
+        return ()
+
+    runner = start_loop([source], group_id, hold, ticker=ticker)
+    held = outputs(2, "tick-raises")
+    for event in held:
+        producer.send(source, event)
+    producer.flush()
+    assert wait_for(lambda: len(ticker.delivered_ids) == 2)
+    runner.join()
+    assert runner.error is None
+    assert runner.metric("rlhf_messages_failed_total", topic="-", group=group_id, reason="ticker_error") == 2
+
+
+class DeadLetterFailsOnce:
+    """The real producer, except that the first dead-letter send fails as a broker
+    timeout would (a test double for the failure only: Tansu cannot be told to refuse
+    one topic)."""
+
+    def __init__(self, real: EventProducer) -> None:
+        self.real, self.failed = real, False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def send_raw(self, *args: object, **kwargs: object) -> object:
+        if not self.failed:
+            self.failed = True
+            from kafka.errors import KafkaTimeoutError
+
+            raise KafkaTimeoutError("dead-letter topic not acknowledged")
+        return self.real.send_raw(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_dead_letter_that_cannot_be_stored_redelivers_its_record(
+    kafka: KafkaSettings, make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: StartLoop,
+) -> None:
+    source = make_topic(ModelOutput)
+    producer.send_raw(source.name, None, b"{not json")
+    producer.send(source, factories.model_output("after-poison"))
+    producer.flush()
+    handled: list[str] = []
+
+    def handler(event: Event, record: ConsumerRecord) -> Iterable[Outgoing]:
+        assert isinstance(event, ModelOutput)
+        handled.append(event.client_request_id or "")
+        return ()
+
+    runner = start_loop([source], group_id, handler, wrap_producer=DeadLetterFailsOnce)
+    dead = read_topic(kafka, dead_letter_topic(group_id), expected=1)
+    assert wait_for(lambda: committed_offsets(kafka, group_id, source.name) == {0: 2})
+    runner.join()
+    assert runner.error is None
+    assert [r.value for r in dead] == [b"{not json"]
+    assert handled == ["after-poison"]
+    assert runner.metric("rlhf_messages_failed_total", topic=source.name, group=group_id,
+                         reason="dead_letter_failed") == 1
