@@ -86,19 +86,26 @@ class Collector:
         done: list[tuple[str, str]] = []
         futures: list[FutureRecordMetadata] = []
         rankings = 0
+        seen: set[tuple[str, str]] = set()
         for record in self._rest.completed_since(dataset_id, watermark - self._overlap, self._page_size):
+            # The walk returns every record in (updated_at, id) order, so the newest time
+            # it saw is a safe watermark: nothing at or before it was left behind.
             newest = max(newest, parse_time(str(record.get("updated_at") or record["inserted_at"])))
             collected = collect(record, self._version)
-            if self._state.is_published(collected.record_id, collected.revision):
+            key = (collected.record_id, collected.revision)
+            # a record updated during the walk comes again at its new place; the same
+            # revision twice in one poll is published once
+            if key in seen or self._state.is_published(*key):
                 continue
-            done.append((collected.record_id, collected.revision))
+            seen.add(key)
+            done.append(key)
             if collected.malformed:
                 self._metrics.malformed_responses.inc(collected.malformed)
             if collected.result is None or collected.task is None:
                 self._metrics.discarded.labels(collected.discarded or "unknown").inc()
                 log.warning("record %s discarded: %s", collected.record_id, collected.discarded)
                 continue
-            preferences = preferences_for(collected.result, collected.task)
+            preferences = preferences_for(collected.result, collected.task, collected.revision_at)
             futures.append(self._producer.send(self._rankings_topic, collected.result))
             futures.extend(self._producer.send(self._preferences_topic, p) for p in preferences)
             rankings += 1

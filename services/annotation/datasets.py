@@ -74,6 +74,12 @@ class RankingDatasets:
                 self._by_k[k] = unavailable_as_dependency(lambda: self._ensure(k), f"dataset setup (k={k})")
             return self._by_k[k]
 
+    def forget(self, k: int) -> None:
+        """Drop the cached handle (Argilla said the dataset is gone): the next `ensure`
+        looks it up again, or creates it."""
+        with self._lock:
+            self._by_k.pop(k, None)
+
     def existing(self, recheck_s: float = 60.0) -> dict[int, rg.Dataset]:
         """Every ranking dataset that exists now (checked), for the collector. A dataset
         found missing is looked up again after `recheck_s` (the pusher creates its own

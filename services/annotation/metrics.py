@@ -32,6 +32,15 @@ class AnnotationMetrics:
             "rlhf_annotation_pairwise_agreement",
             "Per record with 2+ annotators: share of candidate pairs two annotators order alike.",
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=registry)
+        self.push_errors = Counter(
+            "rlhf_annotation_push_errors_total",
+            "Argilla refusals of a push, by HTTP status and what the pusher did: retry (backoff, "
+            "redelivery), split (a bulk too large), dead_letter (a record Argilla will never take).",
+            ["status", "action"], registry=registry)
+        self.argilla_up = Gauge(
+            "rlhf_annotation_argilla_up",
+            "1 while Argilla answers its status endpoint, 0 while it does not (checked every few seconds).",
+            registry=registry)
         self.poll_errors = Counter(
             "rlhf_annotation_poll_errors_total",
             "Collector polls that failed (Argilla or Kafka unavailable); retried next poll.",

@@ -13,11 +13,17 @@ Aggregation rule (Borda count with ties):
 
 Borda is used rather than majority-per-pair because it always yields a consistent
 order (no cycles) and uses the full ranking, not just pairwise wins.
+
+Ids: a preference is identified by its ranking revision and ordered pair, so a
+re-poll of the same revision repeats its ids (dropped downstream) and a revised
+ranking gets new ones; `revision_at` tells the trainer which revision is newer, and
+the trainer's store lets the newer one replace the older one's pairs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from itertools import combinations
 
 from shared.contracts import AnnotatorRanking, Preference, RankingResult, RankingTask, preference_id_for
@@ -59,8 +65,11 @@ def mean_pairwise_agreement(annotations: Sequence[AnnotatorRanking]) -> float | 
     return same / total if total else None
 
 
-def preferences_for(result: RankingResult, task: RankingTask) -> list[Preference]:
-    """One preference per ordered pair of the aggregated ranking (see module doc)."""
+def preferences_for(result: RankingResult, task: RankingTask,
+                    revision_at: datetime | None = None) -> list[Preference]:
+    """One preference per ordered pair of the aggregated ranking (see module doc).
+    `revision_at`: when the ranking reached this revision (`rankings.Collected`);
+    defaults to the result's completion time."""
     scores = borda_scores(result.annotations)
     candidates = {c.candidate_id: c for c in task.candidates}
     preferences = []
@@ -68,7 +77,7 @@ def preferences_for(result: RankingResult, task: RankingTask) -> list[Preference
         if scores[a] == scores[b]:
             continue
         chosen, rejected = (a, b) if scores[a] > scores[b] else (b, a)
-        pid = preference_id_for(task.task_id, chosen, rejected)
+        pid = preference_id_for(task.task_id, chosen, rejected, result.ranking_id)
         preferences.append(Preference(
             event_id=pid,
             preference_id=pid,
@@ -83,5 +92,6 @@ def preferences_for(result: RankingResult, task: RankingTask) -> list[Preference
             agreement=agreement(result.annotations, chosen, rejected),
             annotator_count=len(result.annotations),
             guideline_version=result.guideline_version,
+            revision_at=revision_at or result.completed_at,
         ))
     return preferences

@@ -30,6 +30,7 @@ class Collected:
     discarded: str | None = None  # why nothing was produced: a metric label
     malformed: int = 0  # submitted responses skipped as malformed
     annotator_ids: tuple[str, ...] = field(default=())
+    revision_at: datetime | None = None  # see revision_time
 
 
 def parse_time(value: str) -> datetime:
@@ -43,6 +44,17 @@ def revision_of(responses: list[dict[str, Any]]) -> str:
     the same ranking id on every poll, an edit or a new annotator a new one."""
     parts = sorted(f"{r.get('user_id')}@{r.get('updated_at')}" for r in responses)
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def revision_time(record: dict[str, Any]) -> datetime:
+    """When the record reached its current state: the latest update of the record or of
+    any of its responses. Argilla does not touch a completed record when an annotator
+    edits their response, so the responses' own times are what move on a re-ranking;
+    discarded and draft responses count too (discarding one is a change)."""
+    stamps = [str(record.get("updated_at") or record["inserted_at"])]
+    stamps += [str(r.get("updated_at") or r["inserted_at"]) for r in record.get("responses") or []
+               if r.get("updated_at") or r.get("inserted_at")]
+    return max(parse_time(stamp) for stamp in stamps)
 
 
 def annotator_ranking(response: dict[str, Any], task: RankingTask) -> AnnotatorRanking | None:
@@ -104,4 +116,4 @@ def collect(record: dict[str, Any], default_guideline_version: str) -> Collected
         completed_at=parse_time(str(record.get("updated_at") or record["inserted_at"])),
     )
     return Collected(record_id, revision, task, result, malformed=malformed,
-                     annotator_ids=tuple(a.annotator_id for a in annotations))
+                     annotator_ids=tuple(a.annotator_id for a in annotations), revision_at=revision_time(record))

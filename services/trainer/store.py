@@ -1,12 +1,23 @@
 """The trainer's durable state in one SQLite file: preferences, prompts, runs and the
 run lock.
 
-Kafka delivers at least once, so every insert is `INSERT OR IGNORE` on the event's
-own id: a redelivered preference never counts twice toward the threshold. Each
-preference gets a monotonically increasing `seq`; a run records the highest `seq`
+Kafka delivers at least once, so a redelivered preference (same id, or the same pair
+of the same ranking revision) is ignored and never counts twice toward the threshold.
+Each preference gets a monotonically increasing `seq`; a run records the highest `seq`
 it trained on (its watermark), so "new since the last training" is one indexed count.
 The service and its training child both open the file (WAL mode), which is why the
 lock lives here too: it survives restarts of either.
+
+Revised rankings: the store holds one revision of each task's ranking, the newest
+(ordered by the event's `revision_at`, or `created_at` from schema-1 producers). The
+first pair of a newer revision marks every pair of the older one `superseded_by` it:
+superseded rows are kept as history but are in no snapshot and no count. A pair the
+new revision repeats unchanged (same direction and margin) takes its old row back in
+place, `seq` included, so it is not new training data; a flipped or re-weighted pair
+gets a new row and counts as new once; a pair the new revision no longer has (now a
+tie) stays superseded. An older revision arriving after a newer one (a redelivery)
+is ignored. Until a revision's last pair has arrived a snapshot holds only part of
+it; its pairs travel back to back on one partition, so that window is milliseconds.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +50,11 @@ CREATE TABLE IF NOT EXISTS preferences (
     prompt_json TEXT NOT NULL, prompt_hash TEXT NOT NULL,
     chosen TEXT NOT NULL, rejected TEXT NOT NULL,
     margin REAL NOT NULL, agreement REAL NOT NULL, annotator_count INTEGER NOT NULL,
-    guideline_version TEXT NOT NULL, created_at TEXT NOT NULL, stored_at REAL NOT NULL
+    guideline_version TEXT NOT NULL, created_at TEXT NOT NULL, stored_at REAL NOT NULL,
+    pair_key TEXT, revision_at REAL, superseded_by TEXT
+);
+CREATE TABLE IF NOT EXISTS task_revisions (
+    task_id TEXT PRIMARY KEY, ranking_id TEXT NOT NULL, revision_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS prompts (
     output_id TEXT PRIMARY KEY, prompt_json TEXT NOT NULL, prompt_hash TEXT NOT NULL,
@@ -54,6 +70,19 @@ CREATE TABLE IF NOT EXISTS run_lock (
     host TEXT NOT NULL, heartbeat_at REAL NOT NULL
 );
 """
+
+
+# Columns added to `preferences` after its first release (see _upgrade).
+REVISION_COLUMNS = {"pair_key": "TEXT", "revision_at": "REAL", "superseded_by": "TEXT"}
+LIVE = "superseded_by IS NULL"
+
+# What storing a preference did: only "new" counts toward the training trigger.
+NEW, UNCHANGED, DUPLICATE, STALE = "new", "unchanged", "duplicate", "stale"
+
+
+def revision_time(pref: Preference) -> float:
+    """Orders the revisions of one task's ranking (epoch seconds)."""
+    return (pref.revision_at or pref.created_at).timestamp()
 
 
 def prompt_hash(messages: list[dict[str, str]]) -> str:
@@ -124,8 +153,26 @@ class PreferenceStore:
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA synchronous=FULL")  # durable before the offset is committed
         self._conn.executescript(SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a store written before revisions were tracked up to date, once (the
+        service and its training child may both open it: the check is inside the
+        write transaction). Its preference ids are pair keys (schema 1); where the old
+        code stored two revisions of one task side by side, the newest one stays."""
+        with self._tx() as conn:
+            have = {row["name"] for row in conn.execute("PRAGMA table_info(preferences)")}
+            missing = [name for name in REVISION_COLUMNS if name not in have]
+            for name in missing:
+                conn.execute(f"ALTER TABLE preferences ADD COLUMN {name} {REVISION_COLUMNS[name]}")
+            if missing:
+                conn.execute("UPDATE preferences SET pair_key = preference_id WHERE pair_key IS NULL")
+                newest = ("(SELECT q.ranking_id FROM preferences q WHERE q.task_id = preferences.task_id"
+                          " ORDER BY q.seq DESC LIMIT 1)")
+                conn.execute(f"UPDATE preferences SET superseded_by = {newest} WHERE ranking_id != {newest}")
+            conn.execute("CREATE INDEX IF NOT EXISTS preferences_by_pair ON preferences (task_id, pair_key)")
 
     def close(self) -> None:
         with self._lock:
@@ -147,19 +194,73 @@ class PreferenceStore:
     # -- ingest ---------------------------------------------------------------------
 
     def add_preference(self, pref: Preference) -> bool:
-        """Store a preference; False if its id was already stored (a redelivery)."""
+        """Store a preference; True only if it is new training data (see the module
+        doc): False for a redelivery, an unchanged pair of a newer revision, or a
+        pair of an older revision."""
+        return self.store_preference(pref) == NEW
+
+    def store_preference(self, pref: Preference) -> str:
+        """Store a preference, superseding an older revision of its task's ranking;
+        returns NEW, UNCHANGED, DUPLICATE or STALE."""
         prompt = _messages(pref.prompt)
+        at = revision_time(pref)
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO preferences (preference_id, ranking_id, task_id, output_id,"
+            current = self._current_revision(conn, pref.task_id)
+            if current is None or current[0] != pref.ranking_id:
+                if current is not None:
+                    if (at, pref.ranking_id) < (current[1], current[0]):
+                        return STALE
+                    conn.execute(f"UPDATE preferences SET superseded_by = ? WHERE task_id = ? AND {LIVE}",
+                                 (pref.ranking_id, pref.task_id))
+                conn.execute("INSERT INTO task_revisions (task_id, ranking_id, revision_at) VALUES (?, ?, ?)"
+                             " ON CONFLICT(task_id) DO UPDATE SET ranking_id = excluded.ranking_id,"
+                             " revision_at = excluded.revision_at", (pref.task_id, pref.ranking_id, at))
+            if conn.execute(f"SELECT 1 FROM preferences WHERE task_id = ? AND pair_key = ? AND {LIVE}",
+                            (pref.task_id, pref.pair_key)).fetchone():
+                return DUPLICATE
+            replaced = conn.execute(
+                "SELECT seq, chosen, rejected, margin, prompt_hash, guideline_version FROM preferences"
+                " WHERE task_id = ? AND pair_key = ? AND superseded_by = ?",
+                (pref.task_id, pref.pair_key, pref.ranking_id)).fetchone()
+            if replaced is not None and (
+                    replaced["chosen"], replaced["rejected"], replaced["margin"], replaced["prompt_hash"],
+                    replaced["guideline_version"]) == (pref.chosen.text, pref.rejected.text, pref.margin,
+                                                       prompt_hash(prompt), pref.guideline_version):
+                conn.execute(
+                    "UPDATE preferences SET preference_id = ?, ranking_id = ?, revision_at = ?, agreement = ?,"
+                    " annotator_count = ?, created_at = ?, superseded_by = NULL WHERE seq = ?",
+                    (pref.preference_id, pref.ranking_id, at, pref.agreement, pref.annotator_count,
+                     pref.created_at.isoformat(), replaced["seq"]))
+                return UNCHANGED
+            # a schema-1 id is the pair key, the same in every revision: its old row goes
+            conn.execute("DELETE FROM preferences WHERE preference_id = ?", (pref.preference_id,))
+            conn.execute(
+                "INSERT INTO preferences (preference_id, ranking_id, task_id, output_id,"
                 " prompt_json, prompt_hash, chosen, rejected, margin, agreement, annotator_count,"
-                " guideline_version, created_at, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " guideline_version, created_at, stored_at, pair_key, revision_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (pref.preference_id, pref.ranking_id, pref.task_id, pref.output_id,
                  json.dumps(prompt), prompt_hash(prompt), pref.chosen.text, pref.rejected.text,
                  pref.margin, pref.agreement, pref.annotator_count, pref.guideline_version,
-                 pref.created_at.isoformat(), time.time()),
+                 pref.created_at.isoformat(), time.time(), pref.pair_key, at),
             )
-            return cur.rowcount == 1
+            return NEW
+
+    @staticmethod
+    def _current_revision(conn: sqlite3.Connection, task_id: str) -> tuple[str, float] | None:
+        """(ranking id, revision time) of the revision the store holds for a task."""
+        row = conn.execute("SELECT ranking_id, revision_at FROM task_revisions WHERE task_id = ?",
+                           (task_id,)).fetchone()
+        if row is not None:
+            return str(row["ranking_id"]), float(row["revision_at"])
+        # rows stored before revisions were tracked: their newest revision
+        row = conn.execute(f"SELECT ranking_id, revision_at, created_at FROM preferences WHERE task_id = ?"
+                           f" AND {LIVE} ORDER BY seq DESC LIMIT 1", (task_id,)).fetchone()
+        if row is None:
+            return None
+        at = row["revision_at"] if row["revision_at"] is not None else (
+            datetime.fromisoformat(row["created_at"]).timestamp())
+        return str(row["ranking_id"]), float(at)
 
     def add_output(self, output: ModelOutput) -> bool:
         """Keep the output's conversation as a PPO prompt; False on a redelivery."""
@@ -180,7 +281,7 @@ class PreferenceStore:
             return self._conn.execute(sql, args).fetchone()[0]
 
     def preference_count(self) -> int:
-        return int(self._scalar("SELECT COUNT(*) FROM preferences"))
+        return int(self._scalar(f"SELECT COUNT(*) FROM preferences WHERE {LIVE}"))
 
     def max_seq(self) -> int:
         return int(self._scalar("SELECT COALESCE(MAX(seq), 0) FROM preferences"))
@@ -191,11 +292,13 @@ class PreferenceStore:
                                 *TRAINED_STATES))
 
     def new_since_last_training(self) -> int:
-        return int(self._scalar("SELECT COUNT(*) FROM preferences WHERE seq > ?", self.trained_watermark()))
+        return int(self._scalar(f"SELECT COUNT(*) FROM preferences WHERE seq > ? AND {LIVE}",
+                                self.trained_watermark()))
 
     def preferences_upto(self, watermark: int) -> list[PreferenceRow]:
         with self._lock:
-            rows = self._conn.execute("SELECT * FROM preferences WHERE seq <= ? ORDER BY seq", (watermark,)).fetchall()
+            rows = self._conn.execute(f"SELECT * FROM preferences WHERE seq <= ? AND {LIVE} ORDER BY seq",
+                                      (watermark,)).fetchall()
         return [PreferenceRow(seq=r["seq"], preference_id=r["preference_id"], prompt=json.loads(r["prompt_json"]),
                               prompt_hash=r["prompt_hash"], chosen=r["chosen"], rejected=r["rejected"],
                               margin=r["margin"], guideline_version=r["guideline_version"],
@@ -238,6 +341,12 @@ class PreferenceStore:
         with self._lock:
             rows = self._conn.execute("SELECT * FROM runs ORDER BY created_at").fetchall()
         return [self._run_row(r) for r in rows]
+
+    def run_counts(self) -> dict[str, int]:
+        """Runs by state over the whole history (durable: what a restart must not reset)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()
+        return {str(state): int(count) for state, count in rows}
 
     def last_run_started_at(self) -> float | None:
         value = self._scalar("SELECT MAX(created_at) FROM runs")

@@ -5,7 +5,7 @@ from .conversation import Candidate, ChatMessage, FeedbackKind, ModelRef, UserFe
 from .ids import derived_id, random_id
 from .model_updates import ModelUpdate, model_update_id_for
 from .outputs import ModelOutput, output_id_for
-from .preferences import Preference, preference_id_for
+from .preferences import Preference, pair_key_for, preference_id_for
 from .rankings import AnnotatorRanking, CandidateRank, RankingResult, ranking_id_for
 from .tasks import RankingTask, SamplingDecision, task_id_for
 from .training import TrainingRunStatus, run_event_id_for
@@ -30,6 +30,7 @@ __all__ = [
     "derived_id",
     "model_update_id_for",
     "output_id_for",
+    "pair_key_for",
     "preference_id_for",
     "random_id",
     "ranking_id_for",

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import ClassVar
+
+from pydantic import AwareDatetime, Field, model_validator
 
 from .base import Event
 from .conversation import Candidate, ChatMessage
 from .ids import derived_id
 
 
-def preference_id_for(task_id: str, chosen_id: str, rejected_id: str) -> str:
-    """One preference per task and ordered candidate pair. A re-ranking of the same
-    task that agrees yields the same id, so it never counts twice toward training."""
+def pair_key_for(task_id: str, chosen_id: str, rejected_id: str) -> str:
+    """A task's ordered candidate pair, the same in every revision of its ranking: what a
+    store compares to tell an unchanged pair from a new one. (Schema 1 used it as the
+    preference id.)"""
     return derived_id("preference", task_id, chosen_id, rejected_id)
+
+
+def preference_id_for(task_id: str, chosen_id: str, rejected_id: str, ranking_id: str | None = None) -> str:
+    """One preference per ranking revision and ordered candidate pair: a redelivered or
+    re-collected revision yields the same id (a duplicate), a revised ranking new ids,
+    so an event id never stands for two different margins. Without `ranking_id`, the
+    pair key (schema-1 ids). A revised ranking replaces the older revision's pairs in
+    the trainer's store; an unchanged pair keeps its place there and is not counted
+    as new data again."""
+    if ranking_id is None:
+        return pair_key_for(task_id, chosen_id, rejected_id)
+    return derived_id("preference", task_id, chosen_id, rejected_id, ranking_id)
 
 
 class Preference(Event):
@@ -20,7 +35,14 @@ class Preference(Event):
 
     `margin` is how strongly (e.g. the mean rank gap over annotators); `agreement`
     the share of annotators who ordered the pair this way.
+
+    Schema 2 added `revision_at` (optional, so schema-1 payloads still read): when the
+    ranking this pair comes from reached its current state in Argilla. Consumers order
+    the revisions of one task by it: a newer revision supersedes an older one, and an
+    older one arriving late (a redelivery) is ignored.
     """
+
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     preference_id: str = Field(min_length=1, max_length=128)
     ranking_id: str = Field(min_length=1, max_length=128)
@@ -34,6 +56,9 @@ class Preference(Event):
     agreement: float = Field(default=1.0, ge=0.0, le=1.0)
     annotator_count: int = Field(default=1, ge=1)
     guideline_version: str = Field(min_length=1, max_length=64)
+    revision_at: AwareDatetime | None = Field(
+        default=None, description="when the ranking revision was last changed (latest update of the record or "
+                                  "any of its responses); None from schema-1 producers")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Preference":
@@ -42,6 +67,10 @@ class Preference(Event):
         if self.chosen.candidate_id == self.rejected.candidate_id:
             raise ValueError("rejected: must differ from chosen")
         return self
+
+    @property
+    def pair_key(self) -> str:
+        return pair_key_for(self.task_id, self.chosen.candidate_id, self.rejected.candidate_id)
 
     @property
     def partition_key(self) -> str:

@@ -39,8 +39,9 @@ from shared.contracts import (
 )
 from shared.embedded.argilla import EmbeddedArgilla
 from shared.settings import KafkaSettings
-from shared.topics import Topic
+from shared.topics import Topic, dead_letter_topic
 from tests.conftest import committed_offsets, read_topic, wait_for
+from tests.helpers.fault_proxy import Fault, FaultProxy
 
 from .argilla_fixtures import argilla, argilla_client, dataset_prefix  # noqa: F401  (fixtures)
 
@@ -395,6 +396,50 @@ def test_argilla_killed_during_a_push_loses_nothing_and_duplicates_nothing(
     ids = sorted(r.id for r in setup.datasets.ensure(2).records)
     assert ids == sorted(t.task_id for t in tasks)  # every task once: none lost, none doubled
     assert dataset.id == setup.datasets.ensure(2).id
+
+
+def test_argilla_refusing_pushes_with_4xx_loses_nothing_duplicates_nothing_and_stays_up(
+    argilla: EmbeddedArgilla, dataset_prefix: str,  # noqa: F811
+    make_setup: Callable[..., Setup], make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: Callable[..., object], kafka: KafkaSettings,
+) -> None:
+    """The real Argilla behind a proxy that answers some bulk pushes itself: a rotated
+    key (401), a rate limit (429), a write conflict (409), a dataset not found (404), a
+    body too large for more than 2 records (413), and one task it always refuses (422)."""
+    setup = make_setup(options(dataset_prefix))
+    setup.datasets.ensure(2)
+    tasks_topic = make_topic(RankingTask)
+    tasks = [make_task(f"refused-{dataset_prefix}-{i}", [1, 2]) for i in range(12)]
+    bad = make_task(f"refused-{dataset_prefix}-bad", [1, 2])
+    bulk = r"/records/bulk$"
+    with FaultProxy(argilla.url) as proxy:
+        proxy.plan(
+            Fault("PUT", bulk, 401, times=2), Fault("PUT", bulk, 429, times=2), Fault("PUT", bulk, 409),
+            Fault("PUT", bulk, 404),
+            Fault("PUT", bulk, 413, times=4, when=lambda body: body.count(b'"external_id"') > 2),
+            Fault("PUT", bulk, 422, times=99, when=lambda body: bad.task_id.encode() in body),
+        )
+        rest = ArgillaRest(proxy.url, argilla.api_key)
+        try:
+            pusher = Pusher(setup.datasets, rest, "v1", setup.metrics, batched=True)
+            for task in [*tasks[:6], bad, *tasks[6:]]:
+                producer.send(tasks_topic, task)
+            producer.flush()
+            loop = start_loop([tasks_topic], group_id, pusher, sink=pusher, max_poll_records=7, max_attempts=2)
+            assert wait_for(lambda: committed_offsets(kafka, group_id, tasks_topic.name) == {0: 13}, timeout_s=120)
+            dead = read_topic(kafka, dead_letter_topic(group_id), expected=1)
+        finally:
+            rest.close()
+    assert loop.error is None  # type: ignore[attr-defined]
+    assert {status for _, _, status in proxy.injected} == {401, 429, 409, 404, 413, 422}
+    ids = sorted(r.id for r in setup.datasets.ensure(2).records)
+    assert ids == sorted(t.task_id for t in tasks)  # every good task once: none lost, none doubled
+    assert [RankingTask.model_validate_json(r.value).task_id for r in dead] == [bad.task_id]
+    assert "422" in dict((k, v.decode()) for k, v in dead[0].headers)["dlq.reason"]
+    for status in ("401", "429", "409", "404"):
+        assert setup.metric("rlhf_annotation_push_errors_total", status=status, action="retry") >= 1
+    assert setup.metric("rlhf_annotation_push_errors_total", status="413", action="split") >= 1
+    assert setup.metric("rlhf_annotation_push_errors_total", status="422", action="dead_letter") == 1
 
 
 def test_batched_push_writes_one_record_per_task_in_one_request_per_batch(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -28,10 +28,10 @@ def ranking(annotator: str, ranks: dict[str, int]) -> AnnotatorRanking:
                             ranks=[CandidateRank(candidate_id=c, rank=r) for c, r in ranks.items()])
 
 
-def result_for(task, *annotations: AnnotatorRanking) -> RankingResult:  # type: ignore[no-untyped-def]
-    rid = ranking_id_for(task.task_id, "rev")
+def result_for(task, *annotations: AnnotatorRanking, revision: str = "rev") -> RankingResult:  # type: ignore[no-untyped-def]
+    rid = ranking_id_for(task.task_id, revision)
     return RankingResult(event_id=rid, ranking_id=rid, task_id=task.task_id, output_id=task.output_id,
-                         record_id="r", guideline_version="v1", annotations=list(annotations))
+                         record_id="r", guideline_version="v1", annotations=list(annotations), completed_at=NOW)
 
 
 def test_borda_gives_rank_distance_for_one_annotator_and_keeps_ties() -> None:
@@ -60,12 +60,29 @@ def test_disagreeing_annotators_lower_agreement_and_can_cancel_out() -> None:
     assert mean_pairwise_agreement([a]) is None
 
 
-def test_preference_ids_do_not_depend_on_the_ranking_revision() -> None:
+def test_preference_ids_repeat_for_a_revision_and_change_with_a_new_one() -> None:
     task = factories.ranking_task(factories.model_output("u3", n=2))
     first = preferences_for(result_for(task, ranking("a", {"c0": 1, "c1": 2})), task)
-    again = preferences_for(result_for(task, ranking("a", {"c0": 1, "c1": 2}), ranking("b", {"c0": 1, "c1": 2})),
-                            task)
-    assert first[0].preference_id == again[0].preference_id
+    repolled = preferences_for(result_for(task, ranking("a", {"c0": 1, "c1": 2})), task)
+    assert [p.preference_id for p in first] == [p.preference_id for p in repolled]  # a re-poll: duplicates
+    revised = preferences_for(result_for(task, ranking("a", {"c0": 1, "c1": 2}), revision="rev-2"), task,
+                              revision_at=NOW + timedelta(minutes=1))
+    assert first[0].preference_id != revised[0].preference_id  # one id never stands for two margins
+    assert first[0].pair_key == revised[0].pair_key  # the pair the trainer's store matches on
+    assert (first[0].revision_at, revised[0].revision_at) == (NOW, NOW + timedelta(minutes=1))
+
+
+def test_the_revision_time_is_the_latest_change_of_the_record_or_its_responses() -> None:
+    """Argilla keeps a completed record's updated_at when an annotator edits their
+    response, so the responses' times are what move on a re-ranking."""
+    task = factories.ranking_task(factories.model_output("u6", n=2))
+    ranked = [{"value": "answer_1", "rank": 1}, {"value": "answer_2", "rank": 2}]
+    edited = {**response("u-1", ranked), "updated_at": "2026-11-29T00:05:00"}
+    discarded = {**response("u-2", None, status="discarded"), "updated_at": "2026-11-29T00:07:00"}
+    assert collect(record_json(task, [response("u-1", ranked)]), "v1").revision_at == datetime(
+        2026, 11, 29, 0, 0, 1, tzinfo=timezone.utc)
+    assert collect(record_json(task, [edited, discarded]), "v1").revision_at == datetime(
+        2026, 11, 29, 0, 7, tzinfo=timezone.utc)
 
 
 def record_json(task, responses: list[dict]) -> dict:  # type: ignore[no-untyped-def, type-arg]

@@ -109,6 +109,10 @@ def _as_datetime(value: Union[float, str, None]) -> Optional[datetime]:
     return parsed
 
 
+def _as_uuid(value: Union[float, str, None]) -> Optional[UUID]:
+    return None if value is None else UUID(str(value))
+
+
 def _number(value: Union[float, str, None]) -> Optional[float]:
     return None if value is None else float(value)
 
@@ -315,6 +319,10 @@ class SQLSearchEngine(SearchEngine):
             return column.in_(filter.values)
         if scope.property in _TIME_PROPERTIES:
             return _range(column, _as_datetime(filter.ge), _as_datetime(filter.le))
+        if scope.property == "id":
+            # Keyset pagination pages by (updated_at, id). Elasticsearch compares ids as
+            # keyword strings; the UUID column compares the same way (hex, fixed layout).
+            return _range(column, _as_uuid(filter.ge), _as_uuid(filter.le))
         return _range(column, filter.ge, filter.le)
 
     @staticmethod
