@@ -9,6 +9,12 @@ For each output, in order:
                     `max_tasks` by score (a uniform reservoir for `uniform`) go out
   4. no rule took it -> rejected (no_rule)
 A task gets PII redaction and, if it has fewer than N answers, candidate completion.
+
+Nothing is written until the decision is known: the decision, the prompt's dedupe hash
+and the quota place go to the store in one transaction (`SamplerStore.decide`), after
+the candidate-completion calls. An error or a kill before that commit leaves no trace,
+so the redelivered output is decided afresh; after it, the redelivery finds the
+decision (step 1) and re-emits the same task, counting nothing again.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
 
 from shared.bus import Outgoing
@@ -32,17 +39,23 @@ from shared.contracts import (
     task_id_for,
 )
 from shared.contracts.tasks import MAX_RANKED, MIN_RANKED
+from shared.models.reward_scorer import RewardScorer
 from shared.topics import RANKING_TASKS
 
 from .completion import CandidateCompleter
 from .metrics import SamplerMetrics
 from .novelty import NoveltyMemory
 from .redaction import Redactor
-from shared.models.reward_scorer import RewardScorer
 from .rules import SamplingRule
-from .scoring import (feedback_score, normalized_prompt_hash, prompt_messages, prompt_text, reward_margin,
-                      stable_fraction)
-from .store import Decision, HeldItem, SamplerStore
+from .scoring import (
+    feedback_score,
+    normalized_prompt_hash,
+    prompt_messages,
+    prompt_text,
+    reward_margin,
+    stable_fraction,
+)
+from .store import Decision, Held, HeldItem, QuotaCount, SamplerStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +67,9 @@ class Verdict:
     accepted: bool
     score: float
     key: float  # ordering inside a budget window (higher first)
+    # novelty: the prompt's embedding, remembered only once the decision is stored
+    # (remembering it earlier would make a redelivery after a failure a paraphrase of itself)
+    vector: np.ndarray | None = None
 
 
 class Sampler:
@@ -84,7 +100,7 @@ class Sampler:
         self._reward = reward_scorer
         self._novelty = novelty
         self._clock = clock
-        self._closing: dict[tuple[str, float], list[Decision]] = {}
+        self._closing: dict[tuple[str, float], tuple[list[Decision], list[QuotaCount]]] = {}
 
     def close(self) -> None:
         if self._completer is not None:
@@ -98,9 +114,7 @@ class Sampler:
         output = event
         known = self._store.decision(output.output_id)
         if known is not None:
-            if known.status == "selected" and known.task_json:
-                return [Outgoing(RANKING_TASKS, RankingTask.model_validate_json(known.task_json))]
-            return []
+            return self._outcome(known)
         now = self._clock()
         prompt_hash = normalized_prompt_hash(output)
         if self._store.seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
@@ -117,17 +131,16 @@ class Sampler:
             if rule.quota and not self._quota_allows(rule, window, output):
                 over_quota = True  # a later rule may still take it
                 continue
-            self._store.remember_prompt(prompt_hash, now)
             if rule.budget is not None:
-                self._store.hold(rule.name, window, HeldItem(output.output_id, verdict.key, verdict.score,
-                                                              output.model_dump_json()))
-                self._store.record(Decision(output.output_id, "held", rule.name, "budget_window",
-                                            verdict.score, None), now)
-                self._metrics.decisions.labels(rule.name, "held").inc()
-                return []
-            if rule.quota:
-                self._store.count_quota(rule.name, window, self._quota_values(rule, output))
-            return self._select_now(rule, output, verdict.score, now)
+                held = Held(rule.name, window, HeldItem(output.output_id, verdict.key, verdict.score,
+                                                         output.model_dump_json()))
+                decision = Decision(output.output_id, "held", rule.name, "budget_window", verdict.score, None)
+                stored, new = self._store.decide(decision, now, prompt_hash=prompt_hash, held=held)
+                if new:
+                    self._metrics.decisions.labels(rule.name, "held").inc()
+                    self._remember(verdict)
+                return self._outcome(stored)
+            return self._select_now(rule, output, verdict, window, prompt_hash, now)
         self._reject(output.output_id, None, "quota" if over_quota else "no_rule", now)
         return []
 
@@ -141,13 +154,16 @@ class Sampler:
         for rule_name, window in self._store.closed_windows(now, window_lengths):
             rule = self._rules.get(rule_name)
             decisions: list[Decision] = []
+            # Quota places this window takes: stored with its decisions in `delivered`,
+            # so a window offered again (delivery failed) has taken none yet.
+            places: list[QuotaCount] = []
             taken = 0
             for item in self._store.held(rule_name, window):
                 output = ModelOutput.model_validate_json(item.output_json)
                 if rule is None or rule.budget is None or taken >= rule.budget.max_tasks:
                     decisions.append(Decision(item.output_id, "rejected", rule_name, "budget", item.score, None))
                     continue
-                if rule.quota and not self._quota_allows(rule, window, output):
+                if rule.quota and not self._quota_allows(rule, window, output, places):
                     decisions.append(Decision(item.output_id, "rejected", rule_name, "quota", item.score, None))
                     continue
                 task = self._build_task(rule, output, item.score)
@@ -157,17 +173,17 @@ class Sampler:
                     continue
                 taken += 1
                 if rule.quota:
-                    self._store.count_quota(rule.name, window, self._quota_values(rule, output))
+                    places += self._quota_places(rule, window, output)
                 decisions.append(Decision(item.output_id, "selected", rule_name, "budget_top_k",
                                           item.score, task.model_dump_json()))
                 outgoing.append(Outgoing(RANKING_TASKS, task))
-            self._closing[(rule_name, window)] = decisions
+            self._closing[(rule_name, window)] = (decisions, places)
         return outgoing
 
     def delivered(self, outgoing: list[Outgoing]) -> None:
         now = self._clock()
-        for (rule_name, window), decisions in self._closing.items():
-            self._store.close_window(rule_name, window, decisions, now)
+        for (rule_name, window), (decisions, places) in self._closing.items():
+            self._store.close_window(rule_name, window, decisions, now, places)
             for decision in decisions:
                 self._count(decision)
         self._closing = {}
@@ -186,9 +202,7 @@ class Sampler:
         assert self._novelty is not None
         novelty, vector = self._novelty.novelty(prompt_text(output))
         accepted = (rule.min_score is None or novelty >= rule.min_score) and coin < rule.rate
-        if accepted:
-            self._novelty.remember(vector)
-        return Verdict(accepted, novelty, novelty)
+        return Verdict(accepted, novelty, novelty, vector)
 
     def _judge_uncertainty(self, rule: SamplingRule, output: ModelOutput, coin: float) -> Verdict:
         rewards = None
@@ -201,17 +215,34 @@ class Sampler:
         accepted = (rule.max_margin is None or margin <= rule.max_margin) and coin < rule.rate
         return Verdict(accepted, margin, -margin)
 
-    def _select_now(self, rule: SamplingRule, output: ModelOutput, score: float, now: float) -> list[Outgoing]:
+    def _select_now(self, rule: SamplingRule, output: ModelOutput, verdict: Verdict, window: float,
+                    prompt_hash: str, now: float) -> list[Outgoing]:
+        # The completion calls run before anything is written (see the module doc).
+        score = verdict.score
         task = self._build_task(rule, output, score)
         if task is None:
             decision = Decision(output.output_id, "dropped", rule.name, "too_few_candidates", score, None)
-            self._store.record(decision, now)
-            self._count(decision)
-            return []
-        decision = Decision(output.output_id, "selected", rule.name, "rule", score, task.model_dump_json())
-        self._store.record(decision, now)
-        self._count(decision)
-        return [Outgoing(RANKING_TASKS, task)]
+            places: list[QuotaCount] = []  # no task, no quota place
+        else:
+            decision = Decision(output.output_id, "selected", rule.name, "rule", score, task.model_dump_json())
+            places = self._quota_places(rule, window, output) if rule.quota else []
+        stored, new = self._store.decide(decision, now, prompt_hash=prompt_hash, quota=places)
+        if new:
+            self._count(stored)
+            self._remember(verdict)
+        return self._outcome(stored)
+
+    def _remember(self, verdict: Verdict) -> None:
+        if verdict.vector is not None and self._novelty is not None:
+            self._novelty.remember(verdict.vector)
+
+    @staticmethod
+    def _outcome(decision: Decision) -> list[Outgoing]:
+        """What a stored decision emits: its task if selected (the same task, same id,
+        on every redelivery), otherwise nothing."""
+        if decision.status == "selected" and decision.task_json:
+            return [Outgoing(RANKING_TASKS, RankingTask.model_validate_json(decision.task_json))]
+        return []
 
     def _build_task(self, rule: SamplingRule, output: ModelOutput, score: float) -> RankingTask | None:
         conversation = list(output.conversation)
@@ -259,9 +290,16 @@ class Sampler:
             return list(output.tags) or ["-"]
         return [getattr(output, rule.quota.by) or "-"]
 
-    def _quota_allows(self, rule: SamplingRule, window: float, output: ModelOutput) -> bool:
+    def _quota_places(self, rule: SamplingRule, window: float, output: ModelOutput) -> list[QuotaCount]:
+        return [QuotaCount(rule.name, window, value) for value in self._quota_values(rule, output)]
+
+    def _quota_allows(self, rule: SamplingRule, window: float, output: ModelOutput,
+                      pending: list[QuotaCount] | None = None) -> bool:
+        """Room left for `output` in every quota value it falls under, counting the
+        places `pending` (a closing window's earlier picks) takes but has not stored."""
         assert rule.quota is not None
-        return all(self._store.quota_count(rule.name, window, value) < rule.quota.max_per_window
+        return all(self._store.quota_count(rule.name, window, value)
+                   + sum(1 for p in pending or [] if p.value == value) < rule.quota.max_per_window
                    for value in self._quota_values(rule, output))
 
     def _reject(self, output_id: str, rule: str | None, reason: str, now: float) -> None:

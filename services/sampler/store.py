@@ -3,12 +3,19 @@
 Kafka redelivers; the store makes a redelivered output get the decision it already
 got, without counting it twice toward a budget or quota. Outputs held for a budget
 window live here until the window closes, so committing their offsets loses nothing.
+
+A decision and everything it changes (the prompt's dedupe hash, the quota count, the
+held item) are written in one transaction (`decide`, `close_window`): a failure or a
+kill before the commit leaves no trace, so the redelivered output is decided afresh
+instead of meeting its own prompt hash and being rejected as a duplicate of itself.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,17 +70,48 @@ class HeldItem:
     output_json: str
 
 
+@dataclass(frozen=True)
+class QuotaCount:
+    """One place taken in a rule's quota: (rule, window, value) gets +1."""
+
+    rule: str
+    window_start: float
+    value: str
+
+
+@dataclass(frozen=True)
+class Held:
+    """An output parked in a budget window until the window closes."""
+
+    rule: str
+    window_start: float
+    item: HeldItem
+
+
 class SamplerStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # durable before the offset is committed
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE takes the write lock up front, so check-then-write is atomic
+        even if a second process opens the file; any error rolls everything back."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # decisions ---------------------------------------------------------------
 
@@ -84,13 +122,32 @@ class SamplerStore:
         ).fetchone()
         return Decision(*row) if row else None
 
-    def record(self, decision: Decision, at: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (decision.output_id, decision.status, decision.rule, decision.reason,
-                 decision.score, decision.task_json, at),
-            )
+    def decide(self, decision: Decision, at: float, *, prompt_hash: str | None = None,
+               quota: list[QuotaCount] | None = None, held: Held | None = None) -> tuple[Decision, bool]:
+        """Store one output's decision with everything it changes, in one transaction.
+
+        Idempotent on the output id: if a decision is already stored (a redelivery that
+        raced past the caller's check, or a second sampler on the same file) nothing is
+        written and the stored one is returned. Returns (the decision in force, whether
+        this call stored it)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT output_id, status, rule, reason, score, task_json FROM decisions WHERE output_id = ?",
+                (decision.output_id,),
+            ).fetchone()
+            if row is not None:
+                return Decision(*row), False
+            if prompt_hash is not None:
+                db.execute("INSERT OR REPLACE INTO prompt_hashes VALUES (?, ?)", (prompt_hash, at))
+            if held is not None:
+                item = held.item
+                db.execute("INSERT OR IGNORE INTO window_items VALUES (?, ?, ?, ?, ?, ?)",
+                           (held.rule, held.window_start, item.output_id, item.key, item.score, item.output_json))
+            self._count_quota(db, quota or [])
+            db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (decision.output_id, decision.status, decision.rule, decision.reason,
+                        decision.score, decision.task_json, at))
+        return decision, True
 
     # near-duplicates ---------------------------------------------------------
 
@@ -98,18 +155,7 @@ class SamplerStore:
         row = self._db.execute("SELECT seen_at FROM prompt_hashes WHERE hash = ?", (prompt_hash,)).fetchone()
         return row is not None and row[0] >= since
 
-    def remember_prompt(self, prompt_hash: str, at: float) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO prompt_hashes VALUES (?, ?)", (prompt_hash, at))
-
     # budget windows ----------------------------------------------------------
-
-    def hold(self, rule: str, window_start: float, item: HeldItem) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO window_items VALUES (?, ?, ?, ?, ?, ?)",
-                (rule, window_start, item.output_id, item.key, item.score, item.output_json),
-            )
 
     def closed_windows(self, now: float, window_s: dict[str, float]) -> list[tuple[str, float]]:
         rows = self._db.execute("SELECT DISTINCT rule, window_start FROM window_items").fetchall()
@@ -128,20 +174,18 @@ class SamplerStore:
             "SELECT COUNT(*) FROM window_items WHERE rule = ? AND window_start = ?", (rule, window_start)
         ).fetchone()[0])
 
-    def close_window(self, rule: str, window_start: float, decisions: list[Decision], at: float) -> None:
-        """Record the window's outcome and forget its items, in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(d.output_id, d.status, d.rule, d.reason, d.score, d.task_json, at) for d in decisions],
-                )
-                self._db.execute("DELETE FROM window_items WHERE rule = ? AND window_start = ?", (rule, window_start))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def close_window(self, rule: str, window_start: float, decisions: list[Decision], at: float,
+                     quota: list[QuotaCount] | None = None) -> None:
+        """Record the window's outcome, take its quota places and forget its items, in
+        one transaction: a window offered again (the tasks were not delivered) has
+        counted nothing yet, so it never counts twice."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(d.output_id, d.status, d.rule, d.reason, d.score, d.task_json, at) for d in decisions],
+            )
+            self._count_quota(db, quota or [])
+            db.execute("DELETE FROM window_items WHERE rule = ? AND window_start = ?", (rule, window_start))
 
     # quotas --------------------------------------------------------------------
 
@@ -152,11 +196,13 @@ class SamplerStore:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def count_quota(self, rule: str, window_start: float, values: list[str]) -> None:
-        with self._lock:
-            for value in values:
-                self._db.execute(
-                    "INSERT INTO quota_counts VALUES (?, ?, ?, 1) "
-                    "ON CONFLICT(rule, window_start, value) DO UPDATE SET count = count + 1",
-                    (rule, window_start, value),
-                )
+    @staticmethod
+    def _count_quota(db: sqlite3.Connection, places: list[QuotaCount]) -> None:
+        """Inside the caller's transaction: quota places are taken only with the
+        decision that takes them."""
+        for place in places:
+            db.execute(
+                "INSERT INTO quota_counts VALUES (?, ?, ?, 1) "
+                "ON CONFLICT(rule, window_start, value) DO UPDATE SET count = count + 1",
+                (place.rule, place.window_start, place.value),
+            )

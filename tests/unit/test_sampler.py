@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ from services.sampler.metrics import SamplerMetrics
 from services.sampler.redaction import RedactionSettings, Redactor
 from services.sampler.rules import Budget, OutputFilter, Quota, SamplingRule
 from services.sampler.store import SamplerStore
-from shared.contracts import ChatMessage, ModelOutput, RankingTask, UserFeedback, output_id_for
+from shared.contracts import (
+    ChatMessage,
+    ModelOutput,
+    RankingTask,
+    UserFeedback,
+    output_id_for,
+    task_id_for,
+)
 from tests import factories
 
 
@@ -187,3 +195,85 @@ def test_rules_need_unique_names(tmp_path: Path) -> None:
     rule = SamplingRule(name="same", strategy="uniform")
     with pytest.raises(ValueError, match="unique"):
         make_sampler(tmp_path, [rule, rule])
+
+
+class FailsOnceStore(SamplerStore):
+    """The real SQLite store, except that its first write of a decision fails the way
+    "database is locked" (or a kill mid-decision) does. A temporary SQLite trigger on
+    the store's own connection calls a function that raises once, so the failing
+    write is a real statement inside the store's real transaction: nothing is mocked."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failures = 0
+
+        def fail_once() -> int:
+            if self.failures == 0:
+                self.failures += 1
+                raise sqlite3.OperationalError("database is locked")
+            return 0
+
+        self._db.create_function("fail_once", 0, fail_once)
+        self._db.execute("CREATE TEMP TRIGGER decisions_fail_once BEFORE INSERT ON decisions "
+                         "BEGIN SELECT fail_once(); END")
+
+
+def test_a_failed_decision_write_is_decided_afresh_on_redelivery(tmp_path: Path) -> None:
+    store = FailsOnceStore(tmp_path / "sampler.db")
+    registry = CollectorRegistry()
+    sampler = Sampler([SamplingRule(name="all", strategy="uniform", rate=1.0)], store, SamplerMetrics(registry),
+                      dedupe_window_s=3600.0, clock=Clock())
+    out = output("flaky")
+    with pytest.raises(sqlite3.OperationalError):
+        sampler.handle(out, None)  # type: ignore[arg-type]
+    assert store.failures == 1
+    # Kafka redelivers the uncommitted offset: the output is not a duplicate of itself
+    [task] = tasks_of(sampler.handle(out, None))  # type: ignore[arg-type]
+    assert task.task_id == task_id_for(out.output_id)
+    assert store.decision(out.output_id).status == "selected"  # type: ignore[union-attr]
+    assert registry.get_sample_value("rlhf_sampler_tasks_total", {"rule": "all"}) == 1
+    assert registry.get_sample_value("rlhf_sampler_rejections_total", {"reason": "duplicate"}) is None
+
+
+def test_a_failed_decision_write_leaves_no_quota_count_behind(tmp_path: Path) -> None:
+    clock = Clock()
+    store = FailsOnceStore(tmp_path / "sampler.db")
+    rule = SamplingRule(name="q", strategy="uniform", quota=Quota(by="app", max_per_window=2), window_s=3600)
+    sampler = Sampler([rule], store, SamplerMetrics(CollectorRegistry()), dedupe_window_s=0.5, clock=clock)
+    out = output("flaky-quota", app="busy")
+    with pytest.raises(sqlite3.OperationalError):
+        sampler.handle(out, None)  # type: ignore[arg-type]
+    clock.now += 1.0  # the redelivery comes later
+    assert len(tasks_of(sampler.handle(out, None))) == 1  # type: ignore[arg-type]
+    window = (clock.now // 3600) * 3600
+    assert store.quota_count("q", window, "busy") == 1
+    assert sampler.handle(output("second", app="busy"), None)  # type: ignore[arg-type]  # the quota's 2nd place
+
+
+def test_a_redelivery_after_success_reemits_the_same_task_and_counts_the_quota_once(tmp_path: Path) -> None:
+    clock = Clock()
+    rule = SamplingRule(name="q", strategy="uniform", quota=Quota(by="app", max_per_window=2), window_s=3600)
+    sampler, registry = make_sampler(tmp_path, [rule], clock)
+    out = output("twice", app="busy")
+    [first] = tasks_of(sampler.handle(out, None))  # type: ignore[arg-type]
+    clock.now += 1.0
+    [again] = tasks_of(sampler.handle(out, None))  # type: ignore[arg-type]
+    assert again.task_id == first.task_id and again == first
+    assert sampler._store.quota_count("q", (clock.now // 3600) * 3600, "busy") == 1
+    assert registry.get_sample_value("rlhf_sampler_tasks_total", {"rule": "q"}) == 1
+    assert sampler.handle(output("other", app="busy"), None)  # type: ignore[arg-type]  # one place was left
+
+
+def test_an_undelivered_window_counts_its_quota_once(tmp_path: Path) -> None:
+    clock = Clock(now=0.0)
+    rule = SamplingRule(name="bq", strategy="uniform", budget=Budget(max_tasks=2), window_s=10,
+                        quota=Quota(by="app", max_per_window=5))
+    sampler, _ = make_sampler(tmp_path, [rule], clock)
+    for i in range(3):
+        sampler.handle(output(f"bq{i}", app="busy"), None)  # type: ignore[arg-type]
+    clock.now = 11
+    first = sampler.due()  # broker down: delivered() never called
+    second = sampler.due()
+    assert [o.event.task_id for o in first] == [o.event.task_id for o in second]
+    sampler.delivered(second)
+    assert sampler._store.quota_count("bq", 0.0, "busy") == 2

@@ -4,18 +4,32 @@ completion (a local OpenAI-compatible server)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client import CollectorRegistry
 
-from services.sampler.completion import CandidateCompleter, CompletionEndpoint, CompletionSettings
+from services.sampler.completion import (
+    CandidateCompleter,
+    CompletionEndpoint,
+    CompletionSettings,
+)
+from services.sampler.handlers import Sampler
+from services.sampler.metrics import SamplerMetrics
 from services.sampler.novelty import MiniLMEncoder, NoveltyMemory
-from shared.models.reward_scorer import RewardScorer, directory_locator
 from services.sampler.rules import Budget, SamplingRule
+from shared.models.reward_scorer import RewardScorer, directory_locator
 from tests.helpers.openai_stub import create_stub_app, serve
-from tests.unit.test_sampler import Clock, make_sampler, output, tasks_of
+from tests.unit.test_sampler import (
+    Clock,
+    FailsOnceStore,
+    make_sampler,
+    output,
+    tasks_of,
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +87,23 @@ def test_novelty_with_minilm_suppresses_paraphrases_not_new_topics(tmp_path: Pat
     [task] = tasks_of(sampler.handle(output("n3", "What is the capital city of Australia?"), None))  # type: ignore[arg-type]
     assert task.sampling.score > 0.25
 
+
+
+def test_novelty_remembers_a_prompt_only_once_its_decision_is_stored(tmp_path: Path) -> None:
+    """A failed decision write must not leave the prompt in the novelty memory: the
+    redelivered output would look like a paraphrase of itself and be rejected."""
+    clock = Clock()
+    store = FailsOnceStore(tmp_path / "sampler.db")
+    rule = SamplingRule(name="novel", strategy="novelty", min_score=0.25)
+    sampler = Sampler([rule], store, SamplerMetrics(CollectorRegistry()), dedupe_window_s=0.5, clock=clock,
+                      novelty=NoveltyMemory(MiniLMEncoder()))
+    out = output("n-flaky", "How do I bake sourdough bread at home?")
+    with pytest.raises(sqlite3.OperationalError):
+        sampler.handle(out, None)  # type: ignore[arg-type]
+    clock.now += 1.0
+    [task] = tasks_of(sampler.handle(out, None))  # type: ignore[arg-type]
+    assert task.sampling.score == pytest.approx(1.0)  # as novel as on the first try
+    assert sampler.handle(output("n-para", "How can I bake sourdough bread at home?"), None) == []  # type: ignore[arg-type]
 
 def test_completion_fills_up_to_n_from_endpoints_and_survives_errors(tmp_path: Path) -> None:
     with serve(create_stub_app()) as good, serve(create_stub_app(mode="error")) as bad:
