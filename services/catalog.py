@@ -38,6 +38,7 @@ DEMO_ENV: dict[str, str] = {
     "RLHF_KAFKA__FETCH_MAX_WAIT_MS": "500",
     "RLHF_TRAINER__CANARY_FRACTION": "0.5",
     "RLHF_POLICY_SERVER__CANARY_GRADUATE_AFTER_S": "30",
+    "RLHF_POLICY_SERVER__CANARY_FRACTION": "0.5",  # a promotion found by reconciliation (its event lost)
     "RLHF_POLICY_SERVER__MAX_TOKENS_DEFAULT": "48",
     "RLHF_DEMO__REQUESTS_PER_S": "1.0",
 }

@@ -16,8 +16,14 @@ class PolicyServerMetrics:
         self.share = Gauge("rlhf_policy_traffic_share", "Configured traffic share per serving version (0..1).",
                            ["version"], registry=registry)
         self.rollbacks = Counter("rlhf_model_rollbacks_total",
-                                 "Rollbacks to the last good version, by reason (event, health_check).",
+                                 "Rollbacks to the last good version, by reason (event, health_check, startup: the "
+                                 "promoted version could not serve when the replica started).",
                                  ["reason"], registry=registry)
+        self.promotions_ignored = Counter(
+            "rlhf_policy_promotions_ignored_total",
+            "Promotions not served, once per version and reason (not_promoted: the registry promotes another, "
+            "e.g. a replayed event; older: older than the served version; rolled_back).",
+            ["reason"], registry=registry)
         self.captured = Counter("rlhf_policy_captured_total", "Completions captured to rlhf.outputs, by outcome (ok, error, not_stored: the request said store=false).",
                                 ["outcome"], registry=registry)
 

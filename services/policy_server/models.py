@@ -77,16 +77,26 @@ class PolicyPool:
         return version == BASE_VERSION or version in self._adapters
 
     def load(self, version: str, adapter_dir: Path) -> None:
-        """Load an adapter under its version name (idempotent)."""
+        """Load an adapter under its version name (idempotent). Its config and weights
+        are read first: PEFT adds an adapter's layers to the model before it reads the
+        weights, so a corrupt file found only then would leave them in the serving model."""
         if version in self._adapters:
             return
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
+        from peft.utils import load_peft_weights
 
+        PeftConfig.from_pretrained(str(adapter_dir))
+        load_peft_weights(str(adapter_dir), device="cpu")
         with self._lock:
             if self._model is self._base:
                 self._model = PeftModel.from_pretrained(self._base, str(adapter_dir), adapter_name=version)
             else:
-                self._model.load_adapter(str(adapter_dir), adapter_name=version)
+                try:
+                    self._model.load_adapter(str(adapter_dir), adapter_name=version)
+                except Exception:
+                    if version in self._model.peft_config:
+                        self._model.delete_adapter(version)
+                    raise
             self._model.eval()
             self._adapters[version] = adapter_dir
         log.info("loaded policy %s from %s", version, adapter_dir)

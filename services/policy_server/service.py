@@ -57,7 +57,7 @@ def main(stop: threading.Event) -> None:
     pool = PolicyPool(base_model_path(settings))
     router = Router(seed=options.canary_seed)
     versions = VersionManager(pool, router, registry_dir, metrics, options.health_check_prompt,
-                              options.canary_graduate_after_s)
+                              options.canary_graduate_after_s, options.canary_fraction)
     versions.start_from_registry()
     wait_until_reachable(settings.kafka)
     if settings.consumer.create_topics:
@@ -74,6 +74,7 @@ def main(stop: threading.Event) -> None:
         app = create_app(pool=pool, router=router, metrics=metrics, registry=registry,
                          served_model_name=options.served_model_name, max_tokens_default=options.max_tokens_default,
                          max_tokens_limit=options.max_tokens_limit, max_n=options.max_n,
+                         max_body_bytes=options.max_body_bytes,
                          producer=producer if options.capture else None,
                          readiness={"kafka": kafka_reachable(settings.kafka)})
         # Half the grace period for requests in flight to finish; then generation still

@@ -14,10 +14,14 @@ class PolicyServerOptions(BaseModel):
     max_tokens_default: int = Field(default=64, ge=1)
     max_tokens_limit: int = Field(default=512, ge=1)
     max_n: int = Field(default=5, ge=1, le=16)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger request bodies get 413")
     capture: bool = Field(default=True, description="capture every completion to rlhf.outputs")
     canary_seed: int | None = Field(default=None, description="fixes the canary draw (tests, replays)")
     canary_graduate_after_s: float = Field(
         default=600.0, ge=0, description="a healthy canary takes all traffic after this long; 0 = never")
+    canary_fraction: float = Field(
+        default=0.1, ge=0, le=1,
+        description="share a promoted version found by reconciling with the registry starts with (its event was lost)")
     health_check_prompt: str = "Say hello."
     group_id: str = Field(default_factory=lambda: f"policy-server-{socket.gethostname()}",
                           description="own group per replica: every replica sees every model update")

@@ -1,21 +1,36 @@
-"""Model-update events -> loaded adapters and routes.
+"""Model-update events -> loaded adapters and routes, reconciled with the registry.
 
-promoted    -> load the adapter beside the serving ones, health-check it with one short
-               generation, then give it `canary_fraction` of traffic (1.0 = all);
-               a failed health check rolls back at once and is counted
-rolled_back -> all traffic to the previous (last good) version
+The registry's promoted pointer (services/trainer/registry.py) is the truth; events
+only say that it may have changed. Each replica has its own consumer group reading
+from the earliest offset, so a new pod replays every update still retained: acting
+on each `promoted` event would make every older version the canary in turn.
+
+promoted    -> reconcile: only the version the registry promotes now is started,
+               with the event's `canary_fraction` (1.0 = all). A replayed event for
+               another version, an older or a rolled-back one is ignored and counted.
+rolled_back -> if this replica serves that version: all traffic to the previous
+               (last good) one. A rolled-back version is never served again.
 published   -> nothing: only promotion makes a version servable
-A canary that stays up for `canary_graduate_after_s` takes all traffic (ticker).
+tick        -> reconcile too, so a lost event heals (a pointer two ticks saw; the
+               configured canary fraction); a canary that stays up
+               `canary_graduate_after_s` takes all traffic.
+
+Starting a version: load the adapter beside the serving ones, health-check it with
+one short generation; a failure is counted and that version is not tried again. At
+start a promoted version that fails falls back along its parents to the base.
+Names and paths from events are checked before any file is touched: versions are
+named as the registry names them, adapters lie inside the registry (PoisonMessage).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from kafka.consumer.fetcher import ConsumerRecord
 
+from services.trainer.registry import ModelRegistry, version_number
 from shared.bus import DependencyUnavailable, Outgoing, PoisonMessage
 from shared.contracts import Event, ModelUpdate
 
@@ -28,58 +43,186 @@ log = logging.getLogger(__name__)
 
 class VersionManager:
     def __init__(self, pool: PolicyPool, router: Router, registry_dir: Path, metrics: PolicyServerMetrics,
-                 health_prompt: str, graduate_after_s: float) -> None:
+                 health_prompt: str, graduate_after_s: float, canary_fraction: float = 0.1) -> None:
         self._pool = pool
         self._router = router
-        self._registry_dir = registry_dir
+        self._registry = ModelRegistry(registry_dir, create=False)  # mounted read-only
         self._metrics = metrics
         self._health_prompt = health_prompt
         self._graduate_after_s = graduate_after_s
+        self._canary_fraction = canary_fraction
+        self._rolled_back: set[str] = set()  # heard by event, perhaps before the registry says so
+        self._unservable: set[str] = set()  # failed to load or its health check
+        self._declined: set[tuple[str, str]] = set()  # (version, reason) already counted
+        self._pointer_seen: str | None = None  # the promoted pointer at the last tick
         metrics.set_shares(router.shares())
 
-    def start_from_registry(self) -> None:
-        """Serve the registry's promoted policy from the start (a restarted pod)."""
-        pointer = self._registry_dir / "policy" / "promoted.json"
-        if not pointer.exists():
-            return
-        import json
+    # -- start ---------------------------------------------------------------------------
 
-        version = json.loads(pointer.read_text())["version"]
-        self._pool.load(version, self._registry_dir / "policy" / version)
-        self._router.start_canary(version, 1.0)
+    def start_from_registry(self) -> None:
+        """Serve the registry's promoted policy from the start (a new or restarted pod).
+        One that cannot serve falls back to its last good version, down to the base:
+        a broken adapter must not crash-loop the replica."""
+        try:
+            version = self._registry.pointer("policy", "promoted")
+        except (OSError, ValueError):
+            log.exception("cannot read the registry's promoted pointer; serving the base until it can")
+            version = None
+        while version is not None and not self._startable(version):
+            fallback = self._last_good(version)
+            self._metrics.rollbacks.labels("startup").inc()
+            log.error("promoted policy %s cannot serve; falling back to %s", version, fallback or BASE_VERSION)
+            version = fallback
+        if version is not None:
+            self._router.start_canary(version, 1.0)
         self._metrics.set_shares(self._router.shares())
+
+    def _startable(self, version: str) -> bool:
+        try:
+            if version in self._rolled_back_versions():
+                return False
+            return self._load_healthy(version, self._adapter_dir(version))
+        except PoisonMessage as error:
+            log.error("policy %s: %s", version, error.reason)
+            self._unservable.add(version)
+            return False
+        except DependencyUnavailable as error:  # the tick reconciles once the registry reads again
+            log.error("policy %s: %s", version, error)
+            return False
+
+    def _last_good(self, version: str) -> str | None:
+        try:
+            return self._registry.last_good("policy", version)
+        except (OSError, ValueError):  # its manifest is gone or unreadable: nothing to walk
+            log.exception("cannot read the parent of %s", version)
+            return None
+
+    # -- events --------------------------------------------------------------------------
 
     def handle(self, event: Event, record: ConsumerRecord) -> list[Outgoing]:
         assert isinstance(event, ModelUpdate)
+        if version_number("policy", event.model_version) is None:
+            raise PoisonMessage(f"model_version: {event.model_version!r} is not a registry version name "
+                                "(policy-vNNNN)")
         if event.action == "promoted":
-            self._promote(event)
+            self._on_promoted(event)
         elif event.action == "rolled_back":
-            target = event.previous_version if event.previous_version and self._pool.has(event.previous_version) else None
-            now_serving = self._router.rollback(target)
-            self._metrics.rollbacks.labels("event").inc()
-            log.warning("rolled back from %s: all traffic to %s", event.model_version, now_serving)
-            self._prune()
+            self._on_rolled_back(event)
         self._metrics.set_shares(self._router.shares())
         return []
 
-    def _promote(self, event: ModelUpdate) -> None:
+    def _on_promoted(self, event: ModelUpdate) -> None:
         version = event.model_version
-        if self._router.routes.stable == version or self._router.routes.canary == version:
+        self._check_adapter_uri(event)
+        if self._serves(version):
             return  # a redelivered promotion
-        adapter_dir = self._adapter_dir(event)
-        if not (adapter_dir / "adapter_config.json").exists():
-            if not self._registry_dir.exists():
-                raise DependencyUnavailable(f"registry {self._registry_dir} is not mounted")
-            raise PoisonMessage(f"adapter_uri: no adapter at {adapter_dir}")
-        self._pool.load(version, adapter_dir)
+        if not self._registry.root.is_dir():
+            raise DependencyUnavailable(f"registry {self._registry.root} is not mounted")
+        if not self._registry.complete("policy", version):
+            raise PoisonMessage(f"model_version: no adapter for {version!r} in the registry")
+        self._adapter_dir(version)  # poison if it resolves outside the registry
+        promoted = self._promoted()
+        if version != promoted:
+            self._decline(version, "not_promoted", f"the registry promotes {promoted or BASE_VERSION}")
+            return
+        self._reconcile(event.canary_fraction)
+
+    def _on_rolled_back(self, event: ModelUpdate) -> None:
+        version = event.model_version
+        self._rolled_back.add(version)
+        if not self._serves(version):
+            log.info("rollback of %s: not served here, nothing to do", version)
+            return
+        previous = event.previous_version
+        target = previous if previous and self._pool.has(previous) and previous != version else None
+        now_serving = self._router.rollback(target)
+        self._metrics.rollbacks.labels("event").inc()
+        log.warning("rolled back from %s: all traffic to %s", version, now_serving)
+        self._prune()
+
+    def _check_adapter_uri(self, event: ModelUpdate) -> None:
+        """An event's adapter must be its version's directory in the registry, symlinks
+        and `..` resolved: anything else is a path this server must never load."""
+        if not event.adapter_uri:
+            return
+        parsed = urlparse(event.adapter_uri)
+        if parsed.scheme not in ("", "file") or parsed.netloc not in ("", "localhost"):
+            raise PoisonMessage(f"adapter_uri: {event.adapter_uri!r} is not a path in the registry")
+        path, root = Path(unquote(parsed.path)).resolve(), self._registry.root.resolve()
+        if not path.is_relative_to(root):
+            raise PoisonMessage(f"adapter_uri: {event.adapter_uri!r} resolves outside the registry {root}")
+        if path != self._registry.path("policy", event.model_version).resolve():
+            raise PoisonMessage(f"adapter_uri: {event.adapter_uri!r} is not {event.model_version}'s directory")
+
+    # -- reconciliation --------------------------------------------------------------------
+
+    def _reconcile(self, fraction: float) -> None:
+        """Start the registry's promoted version as the canary, unless it is served
+        already, older than what is served, rolled back, or failed before."""
+        promoted = self._promoted()
+        if promoted is None or self._serves(promoted) or promoted in self._unservable:
+            return
+        if promoted in self._rolled_back_versions():
+            self._decline(promoted, "rolled_back", "it was rolled back")
+            return
+        if self._number(promoted) < max(self._number(v) for v in (self._router.routes.stable,
+                                                                   self._router.routes.canary) if v):
+            self._decline(promoted, "older", f"this replica serves {self._router.routes.stable}")
+            return
+        try:
+            adapter_dir = self._adapter_dir(promoted)
+        except PoisonMessage as error:
+            self._unservable.add(promoted)
+            log.error("policy %s: %s", promoted, error.reason)
+            return
+        if not self._load_healthy(promoted, adapter_dir):
+            self._metrics.rollbacks.labels("health_check").inc()
+            log.error("policy %s failed its health check; traffic stays on %s", promoted, self._router.routes.stable)
+            return
+        self._router.start_canary(promoted, fraction)
+        log.info("policy %s takes %.0f%% of traffic", promoted, 100 * fraction)
+        self._prune()
+
+    def _promoted(self) -> str | None:
+        try:
+            return self._registry.pointer("policy", "promoted")
+        except (OSError, ValueError) as error:
+            raise DependencyUnavailable(f"registry pointer unreadable: {error!r}") from error
+
+    def _rolled_back_versions(self) -> set[str]:
+        try:
+            return self._rolled_back | set(self._registry.rolled_back("policy"))
+        except (OSError, ValueError) as error:
+            raise DependencyUnavailable(f"registry rollbacks unreadable: {error!r}") from error
+
+    def _decline(self, version: str, reason: str, why: str) -> None:
+        if (version, reason) in self._declined:
+            return
+        self._declined.add((version, reason))
+        self._metrics.promotions_ignored.labels(reason).inc()
+        log.info("promotion of %s ignored: %s", version, why)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _adapter_dir(self, version: str) -> Path:
+        path, root = self._registry.path("policy", version).resolve(), self._registry.root.resolve()
+        if not path.is_relative_to(root):
+            raise PoisonMessage(f"model_version: {version}'s adapter resolves outside the registry ({path})")
+        return path
+
+    def _load_healthy(self, version: str, adapter_dir: Path) -> bool:
+        """Loaded and answering; otherwise unloaded and never tried again."""
+        try:
+            self._pool.load(version, adapter_dir)
+        except Exception:  # noqa: BLE001 - an adapter that cannot load is an unservable version
+            log.exception("policy %s cannot load from %s", version, adapter_dir)
+            self._unservable.add(version)
+            return False
         if not self._healthy(version):
             self._pool.unload(version)
-            self._metrics.rollbacks.labels("health_check").inc()
-            log.error("policy %s failed its health check; traffic stays on %s", version, self._router.routes.stable)
-            return
-        self._router.start_canary(version, event.canary_fraction)
-        log.info("policy %s takes %.0f%% of traffic", version, 100 * event.canary_fraction)
-        self._prune()
+            self._unservable.add(version)
+            return False
+        return True
 
     def _healthy(self, version: str) -> bool:
         try:
@@ -90,12 +233,13 @@ class VersionManager:
             return False
         return generation.completion_tokens > 0
 
-    def _adapter_dir(self, event: ModelUpdate) -> Path:
-        if event.adapter_uri:
-            parsed = urlparse(event.adapter_uri)
-            if parsed.scheme in ("", "file"):
-                return Path(parsed.path)
-        return self._registry_dir / "policy" / event.model_version
+    def _serves(self, version: str) -> bool:
+        routes = self._router.routes
+        return version in (routes.stable, routes.canary)
+
+    @staticmethod
+    def _number(version: str) -> int:
+        return version_number("policy", version) or 0  # the base is older than any version
 
     def _prune(self) -> None:
         routes = self._router.routes
@@ -104,14 +248,30 @@ class VersionManager:
             if version not in keep:
                 self._pool.unload(version)
 
-    # ticker: canary graduation
+    # -- ticker: reconciliation and canary graduation -------------------------------------------
+
     def due(self) -> list[Outgoing]:
+        self._reconcile_on_tick()
         graduated = self._router.graduate_if_due(self._graduate_after_s)
         if graduated:
             log.info("canary %s graduated: all traffic", graduated)
-            self._metrics.set_shares(self._router.shares())
             self._prune()
+        self._metrics.set_shares(self._router.shares())
         return []
+
+    def _reconcile_on_tick(self) -> None:
+        """Act on a pointer only once two ticks saw it: one that has just moved has its
+        event on the way, and that event carries the trainer's canary fraction."""
+        if not self._registry.root.is_dir():
+            return  # the trainer has not written it yet (or it is not mounted)
+        try:
+            promoted = self._promoted()
+            if promoted != self._pointer_seen:
+                self._pointer_seen = promoted
+                return
+            self._reconcile(self._canary_fraction)
+        except DependencyUnavailable as error:
+            log.warning("reconciliation with the registry skipped: %s", error)
 
     def delivered(self, outgoing: list[Outgoing]) -> None:
         return None

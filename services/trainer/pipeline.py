@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kafka.errors import KafkaError
+
 from shared.models.reward import RewardModel
 
 from .evaluate import evaluate_policy
@@ -45,6 +47,8 @@ from .store import PreferenceRow, PreferenceStore, is_heldout, prompt_hash
 log = logging.getLogger(__name__)
 
 Prompt = list[dict[str, str]]
+PROMOTION_SEND_ATTEMPTS = 3
+PROMOTION_SEND_BACKOFF_S = 1.0  # times the attempt number
 
 
 class RunAborted(RuntimeError):
@@ -249,11 +253,32 @@ class TrainingRun:
             self.reporter.model_update(action="published", **update)  # type: ignore[arg-type]
             if gate.passed:
                 self.registry.set_pointer("policy", "promoted", version)
-                self.reporter.model_update(action="promoted", canary_fraction=opts.canary_fraction,
-                                           **update)  # type: ignore[arg-type]
+                self.metrics["promotion_announced"] = float(self._announce_promotion(update))
         if cache is not None:
             cache.close()
         return self._finish("succeeded" if gate.passed else "gated", gate, model_version=version, rm_version=rm_version)
+
+    def _announce_promotion(self, update: dict[str, Any]) -> bool:
+        """Send `promoted` until the broker acknowledges it (the reporter's publish
+        waits for the ack), a bounded number of times. The pointer has already moved,
+        so the promotion stands either way: a send that never goes through is logged
+        and recorded in the run's metrics, not a failed run, and policy servers still
+        find the version by reconciling with the registry."""
+        for attempt in range(1, PROMOTION_SEND_ATTEMPTS + 1):
+            try:
+                self.reporter.model_update(action="promoted", canary_fraction=self.options.canary_fraction,
+                                           **update)
+                return True
+            except KafkaError as error:
+                if attempt == PROMOTION_SEND_ATTEMPTS:
+                    log.error("policy %s is promoted, but its `promoted` event was not acknowledged after %d "
+                              "attempts (%r): policy servers pick it up by reconciling with the registry",
+                              update["model_version"], attempt, error)
+                    return False
+                log.warning("`promoted` event for %s not acknowledged (attempt %d/%d): %r", update["model_version"],
+                            attempt, PROMOTION_SEND_ATTEMPTS, error)
+                time.sleep(PROMOTION_SEND_BACKOFF_S * attempt)
+        return False
 
     def _judge_rm(self, this_rm: str) -> str | None:
         """The reward model promoted before this run's (for `judge=previous_rm`)."""

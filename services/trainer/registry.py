@@ -28,16 +28,31 @@ PREFIX: dict[str, str] = {"reward": "rm", "policy": "policy"}
 MANIFEST = "manifest.json"
 
 
-def _fsync_tree(path: Path) -> None:
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
+def version_number(kind: Kind, name: str) -> int | None:
+    """The number in a version name as `next_version` writes it (`policy-v0003` -> 3);
+    None for anything else, so a name from outside (an event) can be refused before it
+    is ever used as a path."""
+    match = re.fullmatch(rf"{PREFIX[kind]}-v(\d{{4,}})", name)
+    return int(match.group(1)) if match else None
+
+
+def _fsync_dir(path: Path) -> None:
+    """A directory's entries are durable only once the directory itself is fsynced
+    (a rename or a new file is an entry)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Every file and every directory under `path`, deepest first."""
+    for root, _dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(root))
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -47,12 +62,17 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)  # the replace itself survives a crash
 
 
 class ModelRegistry:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, create: bool = True) -> None:
+        """`create=False` for readers (the policy server mounts the registry read-only,
+        and may start before the trainer ever wrote it)."""
         self.root = Path(root)
         self.staging_root = self.root / ".staging"
+        if not create:
+            return
         for kind in PREFIX:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
         self.staging_root.mkdir(parents=True, exist_ok=True)
@@ -69,6 +89,10 @@ class ModelRegistry:
     def path(self, kind: Kind, version: str) -> Path:
         return self.root / kind / version
 
+    def complete(self, kind: Kind, version: str) -> bool:
+        """A published version: its directory holds the manifest (written last)."""
+        return (self.path(kind, version) / MANIFEST).is_file()
+
     def manifest(self, kind: Kind, version: str) -> dict[str, Any]:
         return dict(json.loads((self.path(kind, version) / MANIFEST).read_text()))
 
@@ -77,7 +101,7 @@ class ModelRegistry:
         if not file.is_file():
             return None
         version = json.loads(file.read_text()).get("version")
-        return version if version and (self.path(kind, version) / MANIFEST).is_file() else None
+        return version if version and self.complete(kind, version) else None
 
     def trained_upto(self, kind: Kind, version: str) -> int:
         """The highest preference `seq` the version was trained on (0 if unknown):
@@ -135,6 +159,7 @@ class ModelRegistry:
             json.dump(manifest, f, indent=2, sort_keys=True)
         _fsync_tree(staged)
         os.rename(staged, self.path(kind, version))  # atomic; fails if the version exists
+        _fsync_dir(self.root / kind)
         self.set_pointer(kind, "latest", version)
         return version
 

@@ -1,5 +1,6 @@
-"""TEST DOUBLE for vLLM, which cannot run on these machines: only its two dynamic-LoRA
-endpoints, with vLLM's answers for a repeated load or an unknown unload (HTTP 400)."""
+"""TEST DOUBLE for vLLM, which cannot run on these machines: its two dynamic-LoRA
+endpoints and /v1/models, with vLLM's answers for a repeated load (400) and for
+unloading an adapter it does not have (404, vLLM >= 0.8)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 
-def create_vllm_stub() -> FastAPI:
+def create_vllm_stub(loaded: dict[str, str] | None = None, unknown_unload_text: str | None = None) -> FastAPI:
     app = FastAPI()
-    app.state.loaded = {}
+    app.state.loaded = dict(loaded or {})
     app.state.calls = []
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, object]:
+        base = {"id": "smollm2", "object": "model", "root": "/models/smollm2", "parent": None}
+        adapters = [{"id": name, "object": "model", "root": path, "parent": "smollm2"}
+                    for name, path in app.state.loaded.items()]
+        return {"object": "list", "data": [base, *adapters]}
 
     @app.post("/v1/load_lora_adapter")
     async def load(body: dict[str, str]) -> PlainTextResponse:
@@ -24,7 +32,8 @@ def create_vllm_stub() -> FastAPI:
     async def unload(body: dict[str, str]) -> PlainTextResponse:
         app.state.calls.append(("unload", body["lora_name"]))
         if app.state.loaded.pop(body["lora_name"], None) is None:
-            return PlainTextResponse(f"The lora adapter '{body['lora_name']}' cannot be found.", 400)
+            text = unknown_unload_text or f"The lora adapter '{body['lora_name']}' cannot be found."
+            return PlainTextResponse(text, 404)
         return PlainTextResponse(f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
 
     return app

@@ -6,12 +6,14 @@ run continues from, and every optimiser trains only the adapter."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from kafka.errors import KafkaTimeoutError
 
 from services.trainer.evaluate import evaluate_policy
 from services.trainer.features import FeatureCache
@@ -25,7 +27,7 @@ from services.trainer.reporting import RunReporter
 from services.trainer.reward_model import accuracy, pair_rows
 from services.trainer.settings import GateThresholds, Hyperparameters, TrainerSettings
 from services.trainer.store import PreferenceStore
-from shared.contracts import Candidate, ChatMessage, Event, Preference, preference_id_for
+from shared.contracts import Candidate, ChatMessage, Event, ModelUpdate, Preference, preference_id_for
 from shared.models.reward import RewardModel
 from tests.trainer_support import MODEL, TINY_HYPER, make_preference, trainer_settings
 
@@ -189,6 +191,49 @@ def test_a_rollback_returns_to_the_last_good_version_and_the_next_run_continues_
     assert loop.registry.rollback("policy", "policy-v0003") == "policy-v0001"  # skips the rolled-back v2
     assert loop.registry.rollback("policy", "policy-v0001") is None  # back to the base
     assert loop.registry.pointer("policy", "promoted") is None
+
+
+class UnackedPromotions:
+    """Publishes as the job's producer does (back once the broker acknowledged), except
+    that the next `unacked` promoted events are never acknowledged: they fail as
+    `EventProducer.publish` fails then."""
+
+    def __init__(self, events: list[Event], unacked: int) -> None:
+        self.events, self.unacked, self.refused = events, unacked, 0
+
+    def __call__(self, _topic: str, event: Event) -> None:
+        if isinstance(event, ModelUpdate) and event.action == "promoted" and self.unacked > 0:
+            self.unacked -= 1
+            self.refused += 1
+            raise KafkaTimeoutError("no acknowledgement from the broker")
+        self.events.append(event)
+
+
+def test_a_promotion_the_broker_does_not_acknowledge_is_retried_and_never_fails_the_run(
+        tmp_path: Path, tiny_models: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """The pointer has moved before the event is sent: the promotion happened. The send
+    is retried a few times; if it never goes through the run still succeeds with the
+    promotion recorded, and says so (policy servers heal by reconciling with the registry)."""
+    loop = Loop(tmp_path, tiny_models)
+    broker = UnackedPromotions(loop.events, unacked=2)
+    loop.reporter = RunReporter(loop.store, broker, loop.settings.trainer)
+    loop.add([make_preference(i) for i in range(24)])
+    state, run = loop.run()
+    assert state == "succeeded" and loop.registry.pointer("policy", "promoted") == "policy-v0001"
+    promoted = [e for e in loop.events if isinstance(e, ModelUpdate) and e.action == "promoted"]
+    assert [e.model_version for e in promoted] == ["policy-v0001"] and broker.refused == 2  # the third try
+    assert run.metrics["promotion_announced"] == 1
+
+    broker.unacked = 1_000  # the broker stays away
+    loop.add([make_preference(i) for i in range(24, 36)])
+    with caplog.at_level(logging.ERROR, logger="services.trainer.pipeline"):
+        state, run = loop.run()
+    assert state == "succeeded" and loop.registry.pointer("policy", "promoted") == "policy-v0002"
+    assert broker.refused == 2 + 3  # bounded
+    terminal = [e for e in loop.events if getattr(e, "is_terminal", False)][-1]
+    assert terminal.state == "succeeded" and terminal.model_version == "policy-v0002"  # type: ignore[attr-defined]
+    assert terminal.metrics["promotion_announced"] == 0  # type: ignore[attr-defined]
+    assert any("policy-v0002" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "rloo", "grpo", "dpo"])

@@ -49,3 +49,40 @@ def test_unreachable_vllm_is_a_dependency_outage() -> None:
     deployer = VllmDeployer(VllmDeployerOptions(base_urls=[f"http://127.0.0.1:{free_port()}"], timeout_s=1))
     with pytest.raises(DependencyUnavailable):
         deployer.handle(promoted("policy-v0001"), None)  # type: ignore[arg-type]
+
+
+def test_a_restarted_deployer_reads_what_vllm_has_loaded_and_still_prunes_the_oldest(
+    kafka: KafkaSettings, make_topic: Callable[..., Topic], group_id: str, producer: EventProducer,
+    start_loop: Callable[..., LoopThread],
+) -> None:
+    """vLLM kept v1 and v2 loaded while the deployer restarted; its 404 for an adapter
+    it does not have says so in words the deployer never looks for."""
+    stub = create_vllm_stub(loaded={"policy-v0001": "/r/policy-v0001", "policy-v0002": "/r/policy-v0002"},
+                            unknown_unload_text='{"object": "error", "type": "NotFoundError", "code": 404}')
+    topic = make_topic(ModelUpdate)
+    with serve(stub) as base_v1:
+        base = base_v1.removesuffix("/v1")
+        deployer = VllmDeployer(VllmDeployerOptions(base_urls=[base], adapter_root="/r", keep_versions=2))
+        runner = start_loop([topic], group_id, deployer.handle)
+        producer.send(topic, promoted("policy-v0003"))
+        rolled_back = ModelUpdate(event_id=model_update_id_for("policy-v0009", "rolled_back"),
+                                  model_version="policy-v0009", action="rolled_back", base_model="smollm2")
+        producer.send(topic, rolled_back)  # not loaded: nothing to unload, no error
+        producer.send(topic, promoted("policy-v0003"))  # redelivered: vLLM's 400 "already loaded"
+        producer.flush()
+        assert wait_for(lambda: stub.state.calls.count(("load", "policy-v0003")) == 2)
+        runner.join()
+    assert sorted(stub.state.loaded) == ["policy-v0002", "policy-v0003"]
+    assert ("unload", "policy-v0001") in stub.state.calls
+    assert runner.metric("rlhf_messages_dead_lettered_total", topic=topic.name, group=group_id,
+                         reason="retries_exhausted") == 0
+
+
+def test_unloading_an_adapter_vllm_no_longer_has_is_done_whatever_its_404_says() -> None:
+    stub = create_vllm_stub(unknown_unload_text="Not Found")
+    with serve(stub) as base_v1:
+        deployer = VllmDeployer(VllmDeployerOptions(base_urls=[base_v1.removesuffix("/v1")], keep_versions=1))
+        deployer.handle(promoted("policy-v0001"), None)  # type: ignore[arg-type]
+        stub.state.loaded.clear()  # vLLM restarted and lost it
+        deployer.handle(promoted("policy-v0002"), None)  # prunes v1: a 404 "Not Found" is done
+    assert ("unload", "policy-v0001") in stub.state.calls
