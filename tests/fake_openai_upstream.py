@@ -32,8 +32,14 @@ def create_upstream(api_key: str = UPSTREAM_KEY) -> FastAPI:
         if request.headers.get("authorization") != f"Bearer {api_key}":
             return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error"}}, 401)
         body: dict[str, Any] = await request.json()
-        prompt = body["messages"][-1]["content"]
-        n = int(body.get("n") or 1)
+        try:  # a real server answers a malformed request with 400, as here
+            prompt = str(body["messages"][-1]["content"])
+            n = int(body.get("n") or 1)
+            str(body["model"])
+            if not 1 <= n <= 16:
+                raise ValueError("n")
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            return JSONResponse({"error": {"message": "invalid request", "type": "invalid_request_error"}}, 400)
         cid = f"chatcmpl-{abs(hash((prompt, n, bool(body.get('stream'))))) % 10**12}"
         if body.get("stream"):
             return StreamingResponse(_chunks(cid, body["model"], prompt, n), media_type="text/event-stream")

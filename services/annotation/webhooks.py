@@ -20,11 +20,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import argilla as rg
 
+from shared.http_input import InputRejected, read_capped
+
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/argilla"
 EVENTS = ["record.completed", "response.created"]
 MAX_SKEW_S = 300  # Standard Webhooks' replay window
+MAX_BODY_BYTES = 1_000_000  # Argilla's event bodies are a record or a response: kilobytes
+SOCKET_TIMEOUT_S = 10.0
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None = None) -> bool:
@@ -41,7 +45,8 @@ def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None 
     ).decode()
     for entry in headers.get("webhook-signature", "").split():
         version, _, signature = entry.partition(",")
-        if version == "v1" and hmac.compare_digest(signature, expected):
+        # bytes, not str: compare_digest refuses a non-ASCII str (a forged header)
+        if version == "v1" and hmac.compare_digest(signature.encode("utf-8", "replace"), expected.encode()):
             return True
     return False
 
@@ -96,12 +101,19 @@ class WebhookListener:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = SOCKET_TIMEOUT_S  # a client that stops sending does not hold a thread forever
+
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
                 if self.path.split("?", 1)[0] != PATH:
                     self._send(404)
-                elif outer.secret is None or not verify(outer.secret, headers, body):
+                    return
+                try:  # capped before reading: the signature is checked on what was read
+                    body = read_capped(self.rfile, self.headers.get("Content-Length"), MAX_BODY_BYTES)
+                except InputRejected as rejected:
+                    self._send(rejected.status)
+                    return
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                if outer.secret is None or not verify(outer.secret, headers, body):
                     self._send(401)
                 else:
                     outer.received += 1

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from shared.contracts import (
     Candidate,
     ChatMessage,
     ModelOutput,
     ModelRef,
     UserFeedback,
+    derived_id,
     output_id_for,
-    random_id,
     utc_now,
 )
 from shared.contracts.outputs import OutputSource
@@ -18,9 +20,10 @@ from .schema import OutputIn, candidate_ids
 
 
 def to_model_output(body: OutputIn, source: OutputSource = "api") -> ModelOutput:
-    """The event a request becomes. With a client request id the output id is derived
-    from it, so a resent request yields the same event id and downstream dedupes it."""
-    output_id = output_id_for(body.client_request_id) if body.client_request_id else random_id()
+    """The event a request becomes. The output id is derived from the client request id,
+    or without one from the request's content, so a resent request (after a timeout or a
+    503 whose write did land) yields the same event id and downstream dedupes it."""
+    output_id = output_id_for(body.client_request_id) if body.client_request_id else content_output_id(body)
     ids = candidate_ids(body.candidates)
     return ModelOutput(
         event_id=output_id,
@@ -48,3 +51,11 @@ def to_model_output(body: OutputIn, source: OutputSource = "api") -> ModelOutput
         source=source,
         captured_at=body.generated_at or utc_now(),
     )
+
+
+def content_output_id(body: OutputIn) -> str:
+    """The id of a request without a client request id: a hash of everything it says.
+    Two identical exchanges sent without ids are one output (they would teach the
+    reward model nothing twice)."""
+    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    return derived_id("output-content", digest)

@@ -21,6 +21,8 @@ import httpx
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from shared.http_input import InputRejected, loads_json
+
 from .background import BackgroundCapture
 from .body import read_limited, require_json
 from .metrics import CaptureMetrics
@@ -74,12 +76,12 @@ def proxy_router(
         require_json(request)
         raw = await read_limited(request, options.max_body_bytes)
         try:
-            payload: Any = json.loads(raw)
-        except ValueError:
-            raise HTTPException(400, "body is not valid JSON") from None
+            payload: Any = loads_json(raw)
+            labels = ExchangeLabels.from_headers(request.headers, options.proxy_model_version)
+        except InputRejected as rejected:
+            raise HTTPException(rejected.status, str(rejected)) from None
         if not isinstance(payload, dict):
             raise HTTPException(400, "body must be a JSON object")
-        labels = ExchangeLabels.from_headers(request.headers, options.proxy_model_version)
         upstream_request = client.build_request("POST", "/chat/completions", content=raw,
                                                 headers=_forward_headers(request, options))
         try:

@@ -8,6 +8,7 @@ the same path. The caller may label the exchange with X-RLHF-* headers.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,12 +21,16 @@ from shared.contracts import (
     output_id_for,
     random_id,
 )
+from shared.http_input import CONTROL_CHARS, InputRejected
 
 # Request fields worth keeping with each candidate: what shaped the sampling.
 GENERATION_KEYS = (
     "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "n", "seed", "stop",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "min_p", "logprobs",
 )
+LABEL_HEADERS = ("x-rlhf-request-id", "x-request-id", "x-rlhf-conversation-id", "x-rlhf-app", "x-rlhf-tenant",
+                 "x-rlhf-tags", "x-rlhf-model-version", "x-rlhf-checkpoint")
+MAX_LABEL_CHARS = 200
 # Roles the contract does not have, mapped to the nearest one it does.
 ROLE_ALIASES = {"developer": "system", "function": "tool"}
 KNOWN_ROLES = {"system", "user", "assistant", "tool"}
@@ -45,6 +50,11 @@ class ExchangeLabels:
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str], default_version: str) -> "ExchangeLabels":
+        """Raises InputRejected naming the header that is too long or not one printable line."""
+        for name in LABEL_HEADERS:
+            value = headers.get(name)
+            if value is not None and (len(value) > MAX_LABEL_CHARS or not re.match(CONTROL_CHARS, value)):
+                raise InputRejected(400, name, f"at most {MAX_LABEL_CHARS} printable characters")
         tags = [t.strip() for t in headers.get("x-rlhf-tags", "").split(",") if t.strip()]
         return cls(
             client_request_id=headers.get("x-rlhf-request-id") or headers.get("x-request-id") or None,

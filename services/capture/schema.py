@@ -7,12 +7,18 @@ the event may change without breaking clients.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.contracts.conversation import FeedbackKind, Role
 from shared.contracts.outputs import MAX_CANDIDATES
+from shared.http_input import CONTROL_CHARS, check_json_value
+
+# Ids and labels travel into event ids, Kafka keys, Argilla metadata and log lines:
+# one printable line each.
+Label = Annotated[str, Field(pattern=CONTROL_CHARS)]
+MAX_PARAMS_DEPTH = 8
 
 
 class _Body(BaseModel):
@@ -26,22 +32,28 @@ class MessageIn(_Body):
 
 
 class ModelIn(_Body):
-    name: str = Field(min_length=1, max_length=200)
-    version: str = Field(min_length=1, max_length=200)
-    checkpoint: str | None = Field(default=None, max_length=500)
+    name: Label = Field(min_length=1, max_length=200)
+    version: Label = Field(min_length=1, max_length=200)
+    checkpoint: Label | None = Field(default=None, max_length=500)
 
 
 class CandidateIn(_Body):
-    id: str | None = Field(default=None, min_length=1, max_length=128, description="default: c0, c1, ...")
+    id: Label | None = Field(default=None, min_length=1, max_length=128, description="default: c0, c1, ...")
     text: str = Field(max_length=200_000)
     model: ModelIn
-    generation_params: dict[str, Any] = Field(default_factory=dict)
-    finish_reason: str | None = Field(default=None, max_length=64)
+    generation_params: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    finish_reason: Label | None = Field(default=None, max_length=64)
+
+    @field_validator("generation_params")
+    @classmethod
+    def _plain_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json_value(value, max_depth=MAX_PARAMS_DEPTH, field="generation_params")
+        return value
 
 
 class FeedbackIn(_Body):
     kind: FeedbackKind
-    candidate_id: str | None = Field(default=None, max_length=128)
+    candidate_id: Label | None = Field(default=None, max_length=128)
     edited_text: str | None = Field(default=None, max_length=200_000)
     comment: str | None = Field(default=None, max_length=10_000)
 
@@ -54,17 +66,18 @@ def candidate_ids(candidates: list[CandidateIn]) -> list[str]:
 class OutputIn(_Body):
     """One chatbot exchange: the conversation so far and 1..16 answers to its last turn."""
 
-    client_request_id: str | None = Field(
+    client_request_id: Label | None = Field(
         default=None, min_length=1, max_length=200,
-        description="idempotency key: the same id always maps to the same event id",
+        description="idempotency key: the same id always maps to the same event id "
+                    "(without one, the event id is derived from the request's content)",
     )
-    conversation_id: str | None = Field(default=None, max_length=200)
+    conversation_id: Label | None = Field(default=None, max_length=200)
     messages: list[MessageIn] = Field(min_length=1, max_length=500)
     candidates: list[CandidateIn] = Field(min_length=1, max_length=MAX_CANDIDATES)
     feedback: list[FeedbackIn] = Field(default_factory=list, max_length=50)
-    app: str | None = Field(default=None, max_length=100)
-    tenant: str | None = Field(default=None, max_length=100)
-    tags: list[str] = Field(default_factory=list, max_length=50)
+    app: Label | None = Field(default=None, max_length=100)
+    tenant: Label | None = Field(default=None, max_length=100)
+    tags: list[Annotated[Label, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
     generated_at: AwareDatetime | None = Field(
         default=None, description="when the chatbot answered (default: when it was received)"
     )

@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
 from shared.bus import EventProducer
 from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, derived_id
+from shared.http_input import BodyLimit
 from shared.observability.http import Checks, run_checks
 from shared.topics import OUTPUTS
 
@@ -33,16 +35,19 @@ from .routing import Router
 log = logging.getLogger(__name__)
 
 
+MAX_MESSAGES = 500  # what rlhf.outputs accepts: a longer conversation could not be captured
+
+
 class ChatRequest(BaseModel):
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     n: int = Field(default=1, ge=1, le=16)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     stream: bool = False
     seed: int | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=200)
     # OpenAI's flag for "do not keep this completion": measurement traffic (the demo's
     # win-rate probe, benchmarks) sets it so it never becomes training data
     store: bool | None = None
@@ -60,8 +65,10 @@ def create_app(
     max_n: int,
     producer: EventProducer | None,
     readiness: Checks,
+    max_body_bytes: int = 1_000_000,
 ) -> FastAPI:
     app = FastAPI(title="rlhf-loop policy server", version="1")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # type: ignore[arg-type]
 
     def error(status: int, message: str, param: str | None = None) -> JSONResponse:
         return JSONResponse(status_code=status, content={"error": {
@@ -104,6 +111,21 @@ def create_app(
         return pool.generate([m.model_dump() for m in request.messages], version, n=request.n,
                              max_tokens=min(request.max_tokens or max_tokens_default, max_tokens_limit),
                              temperature=request.temperature, top_p=request.top_p, seed=request.seed)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own handler echoes the input back, and an input of NaN (which
+        json.loads accepts) cannot be written as JSON: a 500. Name the field instead."""
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        field = ".".join(str(p) for p in errors[0]["loc"][1:]) if errors else None
+        message = f"{field}: {errors[0]['msg']}" if errors else "invalid request"
+        return JSONResponse(status_code=422, content={"error": {
+            "message": message, "type": "invalid_request_error", "param": field, "code": None}, "detail": errors})
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(_request: Any, _exc: RecursionError) -> JSONResponse:
+        return error(400, "JSON body nested too deeply")
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Any, exc: HTTPException) -> JSONResponse:

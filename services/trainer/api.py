@@ -12,15 +12,20 @@ three routes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from shared.http_input import CONTROL_CHARS, InputRejected, loads_json, read_capped
 from shared.observability.http import Checks, HealthServer
 
 from .runs import RunCoordinator, RunRejected
+
+
+MAX_BODY_BYTES = 16_384  # {"reason": ..., "version": ...}
 
 
 class TrainerHttpServer(HealthServer):
@@ -50,17 +55,22 @@ class TrainerHttpServer(HealthServer):
                 if path not in ("/v1/runs", "/v1/rollback"):
                     self._json(404, {"detail": "not found"})
                     return
-                length = int(self.headers.get("Content-Length") or 0)
                 try:
-                    body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                    reason = str(body.get("reason", "manual (http)"))[:200]
-                    version = body.get("version")
-                except (ValueError, AttributeError):
-                    self._json(400, {"detail": "body must be a JSON object"})
+                    raw = read_capped(self.rfile, self.headers.get("Content-Length") or "0", MAX_BODY_BYTES)
+                    body = loads_json(raw) if raw.strip() else {}
+                except InputRejected as rejected:
+                    self._json(rejected.status, {"detail": str(rejected), "field": rejected.field})
                     return
-                if version is not None and not isinstance(version, str):
-                    self._json(422, {"detail": "version: must be a string"})
+                if not isinstance(body, dict):
+                    self._json(400, {"detail": "body must be a JSON object", "field": "<body>"})
                     return
+                reason, version = body.get("reason", "manual (http)"), body.get("version")
+                for field, value in (("reason", reason), ("version", version)):
+                    if value is not None and (not isinstance(value, str) or len(value) > 200
+                                              or not re.match(CONTROL_CHARS, value)):
+                        self._json(422, {"detail": f"{field}: a string of at most 200 printable characters",
+                                         "field": field})
+                        return
                 try:
                     if path == "/v1/rollback":
                         rolled_back, promoted = coordinator.rollback(version, reason)

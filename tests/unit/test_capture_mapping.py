@@ -24,7 +24,10 @@ def test_client_request_id_makes_the_output_id_deterministic() -> None:
     first, second = to_model_output(body), to_model_output(body)
     assert first.event_id == second.event_id == first.output_id == output_id_for("abc")
     anonymous = OutputIn.model_validate(payload())
-    assert to_model_output(anonymous).event_id != to_model_output(anonymous).event_id
+    changed = OutputIn.model_validate(payload(tenant="other"))
+    assert to_model_output(anonymous).event_id == to_model_output(anonymous).event_id  # a retry is one output
+    assert to_model_output(anonymous).event_id != to_model_output(changed).event_id
+    assert to_model_output(anonymous).event_id != first.event_id
 
 
 def test_candidate_ids_default_to_their_position_and_feedback_must_name_one() -> None:
