@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
@@ -36,6 +36,8 @@ class ConsumerSpec:
     ticker: Ticker | None = None
     tick_interval_s: float = 1.0
     sink: BatchSink | None = None
+    # Dependencies besides Kafka that /readyz reports (name -> "is it up now?").
+    readiness: Mapping[str, Callable[[], bool]] = field(default_factory=dict)
 
 
 def run_consumer_service(
@@ -80,7 +82,7 @@ def run_consumer_service(
             settings.http.host,
             settings.http.port,
             liveness={"consumer_loop": lambda: time.monotonic() - loop.last_poll_monotonic < stall_limit_s},
-            readiness={"kafka": kafka_reachable(settings.kafka)},
+            readiness={"kafka": kafka_reachable(settings.kafka), **spec.readiness},
         )
         stack.enter_context(health)
         log.info("%s: consuming %s as group %s; metrics on :%d",

@@ -29,8 +29,15 @@ def total(samples: Samples, name: str, **labels: str) -> int:
     return int(sum(v for l, v in samples.get(name, []) if all(l.get(k) == w for k, w in labels.items())))
 
 
+def argilla_down(samples: Samples) -> bool:
+    """The annotation service says Argilla does not answer (a service that cannot be
+    scraped says nothing: it is starting or restarting)."""
+    return any(value == 0 for _labels, value in samples.get("rlhf_annotation_argilla_up", []))
+
+
 def status_line(samples: Samples) -> str:
-    runs = {o: total(samples, "rlhf_trainer_runs_total", outcome=o) for o in ("succeeded", "gated", "failed")}
+    # The trainer's durable history: a restarted trainer still shows every run.
+    runs = {o: total(samples, "rlhf_trainer_runs_recorded", state=o) for o in ("succeeded", "gated", "failed")}
     serving = sorted(((v, l["version"]) for l, v in samples.get("rlhf_policy_traffic_share", []) if v > 0),
                      reverse=True)
     promoted = [l["version"] for l, v in samples.get("rlhf_trainer_model_version_info", [])
@@ -42,8 +49,9 @@ def status_line(samples: Samples) -> str:
     return (
         f"outputs {total(samples, 'rlhf_policy_captured_total', outcome='ok') + total(samples, 'rlhf_capture_events_accepted_total')}"
         f" | tasks {total(samples, 'rlhf_sampler_tasks_total')}"
-        f" | in Argilla {total(samples, 'rlhf_annotation_tasks_pending')} pending"
-        f" | rankings {total(samples, 'rlhf_annotation_records_collected_total')}"
+        + (" | Argilla DOWN (rankings wait)" if argilla_down(samples)
+           else f" | in Argilla {total(samples, 'rlhf_annotation_tasks_pending')} pending")
+        + f" | rankings {total(samples, 'rlhf_annotation_records_collected_total')}"
         f" | preferences {total(samples, 'rlhf_annotation_preferences_total')}"
         f" (new {total(samples, 'rlhf_trainer_preferences_since_last_training')})"
         f" | runs {runs['succeeded']} ok, {runs['gated']} gated, {runs['failed']} failed"

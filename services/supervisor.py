@@ -3,7 +3,8 @@
 Each service runs as `rlhf-loop run NAME` in its own process, exactly as a Kubernetes
 Deployment runs it, so the laptop exercises the production entry points. Ctrl-C (or
 SIGTERM) stops the services first (SIGTERM, grace period, then SIGKILL), the broker
-last. A service that dies is restarted with backoff, as Kubernetes would.
+last. A service that dies is restarted with backoff, as Kubernetes would; so is the
+broker, on the same port (the annotation service supervises its embedded Argilla).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Supervisor:
         self._grace_s = grace_s
         self._extra_env = extra_env or {}
         self._broker = EmbeddedBroker(port=broker_port, log_file=data_dir / "logs" / "broker.log")
+        self.broker_restarts = 0
         self.children = [
             Child(name, http_port_base + i, log_path=data_dir / "logs" / f"{name}.log")
             for i, name in enumerate(services)
@@ -103,6 +105,15 @@ class Supervisor:
                  child.name, child.process.pid, child.port, child.log_path)
 
     def _restart_dead(self) -> None:
+        if not self._broker.is_running():
+            # In memory, the broker's topics died with it; the services' clients
+            # reconnect to the same address and resume (their stores dedupe repeats).
+            log.error("the embedded broker died: restarting it on %s", self._broker.bootstrap_servers)
+            try:
+                self._broker.restart()
+                self.broker_restarts += 1
+            except Exception:  # noqa: BLE001 - tried again on the next round
+                log.exception("restarting the embedded broker failed; retrying")
         now = time.monotonic()
         for child in self.children:
             if child.process is None or child.process.poll() is None:

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from services.runner import ConsumerSpec, run_consumer_service
 from shared.bus import EventProducer
 from shared.models.reward_scorer import RewardScorer, registry_locator
+from shared.observability.probes import cached, http_ok
 from shared.topics import PREFERENCES, RANKING_TASKS, RANKINGS
 
 from .argilla_api import ArgillaRest
@@ -52,6 +54,7 @@ def argilla_endpoint(settings: AnnotationSettings, stack: ExitStack) -> ArgillaE
     embedded = EmbeddedArgilla(Path(settings.data_dir) / "argilla", workspace=options.workspace,
                                annotators=tuple(options.annotators))
     stack.enter_context(embedded)
+    embedded.supervise()  # Redis, the server or the worker dying is restarted, as a pod would be
     log.info("embedded Argilla at %s; annotator logins in %s", embedded.url,
              embedded.data_dir / "credentials.json")
     # Where `rlhf-loop up` and the demo's simulated annotators find the UI (no secrets here).
@@ -61,7 +64,8 @@ def argilla_endpoint(settings: AnnotationSettings, stack: ExitStack) -> ArgillaE
     return ArgillaEndpoint(embedded.url, embedded.api_key)
 
 
-def build_spec(settings: AnnotationSettings, pusher: Pusher) -> ConsumerSpec:
+def build_spec(settings: AnnotationSettings, pusher: Pusher,
+               argilla_up: Callable[[], bool] | None = None) -> ConsumerSpec:
     return ConsumerSpec(
         name="annotation",
         group_id=settings.annotation.group_id,
@@ -69,7 +73,15 @@ def build_spec(settings: AnnotationSettings, pusher: Pusher) -> ConsumerSpec:
         handler=pusher,
         produces=[RANKINGS, PREFERENCES],
         sink=pusher,  # one bulk request per polled batch
+        readiness={"argilla": argilla_up} if argilla_up else {},
     )
+
+
+def argilla_probe(endpoint: ArgillaEndpoint, metrics: AnnotationMetrics) -> Callable[[], bool]:
+    """Argilla's status endpoint, cached; every fresh answer updates the up gauge (what
+    the status line and alerts read)."""
+    check = http_ok(f"{endpoint.url.rstrip('/')}/api/v1/status", {"X-Argilla-Api-Key": endpoint.api_key})
+    return cached(check, cache_s=2.0, on_result=lambda up: metrics.argilla_up.set(1 if up else 0))
 
 
 # Per-request INFO lines from the SDK, httpx and every scheduled poll would drown the
@@ -101,6 +113,8 @@ def main(stop: threading.Event, settings: AnnotationSettings | None = None,
                               overlap_s=options.poll_overlap_s, page_size=options.page_size)
         scheduler = start_collector_schedule(collector, options.poll_interval_s)
         stack.callback(scheduler.shutdown, wait=True)
+        argilla_up = argilla_probe(endpoint, metrics)
+        scheduler.add_job(argilla_up, "interval", seconds=5, id="argilla-up", max_instances=1, coalesce=True)
         if options.webhooks:
             listener = WebhookListener(options.webhook_host, options.webhook_port,
                                        on_event=lambda: collect_now(scheduler)).start()
@@ -113,4 +127,4 @@ def main(stop: threading.Event, settings: AnnotationSettings | None = None,
             suggest = RankingSuggester(
                 scorer, lambda k: str(datasets.ensure(k).settings.questions[RANK_QUESTION].id))
         pusher = Pusher(datasets, rest, options.version, metrics, batched=True, suggest=suggest)
-        run_consumer_service(build_spec(settings, pusher), settings, stop, registry=registry)
+        run_consumer_service(build_spec(settings, pusher, argilla_up), settings, stop, registry=registry)

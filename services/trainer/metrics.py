@@ -13,6 +13,9 @@ class TrainerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.runs = Counter("rlhf_trainer_runs_total", "Training runs by outcome (succeeded, gated, failed, rejected).",
                             ["outcome"], registry=registry)
+        self.runs_recorded = Gauge(
+            "rlhf_trainer_runs_recorded", "Runs in the trainer's durable run history by state (a restart keeps them;"
+            " the counter above counts since the process started).", ["state"], registry=registry)
         self.stage_seconds = Histogram("rlhf_trainer_stage_duration_seconds", "Time per run stage.", ["stage"],
                                        buckets=STAGE_BUCKETS, registry=registry)
         self.rm_accuracy = Gauge("rlhf_trainer_rm_accuracy", "Held-out pair accuracy of the last reward model.",
@@ -45,6 +48,10 @@ class TrainerMetrics:
                            ("kl", self.kl), ("win_rate", self.win_rate), ("p_value", self.p_value)):
             if key in metrics:
                 gauge.set(metrics[key])
+
+    def set_run_counts(self, counts: dict[str, int]) -> None:
+        for state in ("succeeded", "gated", "failed", "queued", "started", *counts):
+            self.runs_recorded.labels(state).set(counts.get(state, 0))
 
     def set_versions(self, versions: dict[tuple[str, str], str | None]) -> None:
         self.version.clear()

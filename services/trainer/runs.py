@@ -69,6 +69,7 @@ class RunCoordinator:
 
     def refresh_gauges(self) -> None:
         self.metrics.new_preferences.set(self.store.new_since_last_training())
+        self.metrics.set_run_counts(self.store.run_counts())
         self.metrics.set_versions({(kind, pointer): self.registry.pointer(kind, pointer)  # type: ignore[arg-type]
                                    for kind in ("reward", "policy") for pointer in ("latest", "promoted")})
 

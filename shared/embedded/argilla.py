@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,6 +108,10 @@ class EmbeddedArgilla:
         self._logs: list[IO[bytes]] = []
         self._users: dict[str, ArgillaUser] = {}
         self.timings: dict[str, float] = {}
+        self.restarts = 0  # parts restarted by `supervise` (or `restart_dead`)
+        self._supervising = threading.Event()  # set: stop watching
+        self._lifecycle = threading.RLock()  # a restart and a stop never interleave
+        self._watchdog: threading.Thread | None = None
 
     # What callers use.
     @property
@@ -158,6 +163,14 @@ class EmbeddedArgilla:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        self._supervising.set()
+        with self._lifecycle:
+            self._stop_parts(timeout_s)
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=timeout_s)
+            self._watchdog = None
+
+    def _stop_parts(self, timeout_s: float) -> None:
         for attribute in ("_worker", "_server"):
             process: subprocess.Popen[bytes] | None = getattr(self, attribute)
             setattr(self, attribute, None)
@@ -168,6 +181,51 @@ class EmbeddedArgilla:
         for handle in self._logs:
             handle.close()
         self._logs.clear()
+
+    def supervise(self, interval_s: float = 2.0) -> "EmbeddedArgilla":
+        """Restart whatever part died (Redis, the server, the worker), on the same port
+        and data, checked every `interval_s` on a daemon thread until `stop`. A
+        production Argilla has Kubernetes for this; the embedded one has this."""
+        self._supervising.clear()
+        thread = threading.Thread(target=self._watch, args=(interval_s,), name="argilla-watchdog", daemon=True)
+        thread.start()
+        self._watchdog = thread
+        return self
+
+    def _watch(self, interval_s: float) -> None:
+        while not self._supervising.wait(interval_s):
+            try:
+                self.restart_dead()
+            except Exception:  # noqa: BLE001 - a failed restart is tried again next round
+                log.exception("restarting embedded Argilla failed; retrying in %.0f s", interval_s)
+
+    def restart_dead(self) -> list[str]:
+        """Restart the parts that are not running; returns their names."""
+        restarted: list[str] = []
+        with self._lifecycle:
+            if self._redis is None or self._supervising.is_set():
+                return restarted  # stopped, or stopping
+            python = ensure_server_venv(self._venv_dir)
+            if not self._redis.is_running():
+                log.error("embedded Redis died: restarting it on port %d", self._redis.port)
+                self._redis.restart()
+                restarted.append("redis")
+            env = self._server_env(self._redis.url)
+            if self._server is None or self._server.poll() is not None:
+                log.error("argilla-server died (exit %s): restarting it on %s",
+                          self._server.returncode if self._server else None, self.url)
+                self._requested_port = self.port
+                self._start_server(python, env)
+                restarted.append("server")
+            if self._start_worker and (self._worker is None or self._worker.poll() is not None
+                                       or "redis" in restarted):
+                if self._worker is not None and self._worker.poll() is None:
+                    terminate(self._worker, 5.0)  # it holds a connection to the old Redis
+                log.error("argilla worker not running: restarting it")
+                self._worker = self._spawn([str(python), str(PLUGIN_DIR / "worker.py")], env, "worker.log")
+                restarted.append("worker")
+        self.restarts += len(restarted)
+        return restarted
 
     def kill_server(self) -> None:
         """SIGKILL the server only, for fault tests (Argilla down while the loop runs)."""

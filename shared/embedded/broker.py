@@ -105,6 +105,14 @@ class EmbeddedBroker:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def restart(self) -> None:
+        """Start again on the same port after it died, and create the loop's topics
+        again (the embedded broker keeps them in memory: what it held is gone, and the
+        services' clients reconnect to the same address)."""
+        self._requested_port = self.port
+        self.stop()
+        self.start()
+
     def wait(self) -> int:
         """Block until the broker exits (foreground mode); returns its exit code."""
         assert self._process is not None, "broker not started"

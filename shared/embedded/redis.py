@@ -85,6 +85,12 @@ class EmbeddedRedis:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def restart(self) -> None:
+        """Start again on the same port (it died): whoever holds the URL keeps it."""
+        self._requested_port = self.port
+        self.stop()
+        self.start()
+
     def __enter__(self) -> "EmbeddedRedis":
         return self.start()
 

@@ -44,6 +44,41 @@ def kafka_reachable(settings: KafkaSettings, cache_s: float = 2.0) -> Callable[[
     return check
 
 
+def cached(check: Callable[[], bool], cache_s: float = 2.0,
+           on_result: Callable[[bool], None] | None = None) -> Callable[[], bool]:
+    """`check`, asked at most once per `cache_s`; `on_result` sees every fresh answer
+    (e.g. to keep a gauge that says the dependency is up)."""
+    lock = threading.Lock()
+    state = {"at": float("-inf"), "ok": False}
+
+    def probe() -> bool:
+        with lock:
+            if time.monotonic() - state["at"] > cache_s:
+                try:
+                    state["ok"] = bool(check())
+                except Exception:  # noqa: BLE001 - a probe that raises says "down"
+                    state["ok"] = False
+                state["at"] = time.monotonic()
+                if on_result is not None:
+                    on_result(bool(state["ok"]))
+            return bool(state["ok"])
+
+    return probe
+
+
+def http_ok(url: str, headers: dict[str, str] | None = None, timeout_s: float = 2.0) -> Callable[[], bool]:
+    """True when GET `url` answers 2xx within `timeout_s` (not cached: wrap in `cached`)."""
+    import httpx
+
+    def check() -> bool:
+        try:
+            return httpx.get(url, headers=headers, timeout=timeout_s).is_success
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
 class BrokerUnreachable(RuntimeError):
     def __init__(self, servers: str, waited_s: float) -> None:
         super().__init__(f"cannot reach Kafka at {servers} (waited {waited_s:.0f}s): is the broker running? "

@@ -271,3 +271,20 @@ def test_trainer_restart_fails_the_run_of_a_dead_service(kafka: KafkaSettings, t
     assert run is not None and run.state == "failed" and "restarted" in (run.reason or "")
     assert not half.exists() and restarted.active_run() is None
     assert events_of(kafka, trainer_topics["runs_topic"], TrainingRunStatus, 1)[0].state == "failed"
+
+
+def test_run_counts_survive_a_trainer_restart(kafka: KafkaSettings, trainer_topics: dict[str, Topic],
+                                             tmp_path: Path) -> None:
+    """The status line reads `rlhf_trainer_runs_recorded`: a restarted trainer (a new
+    coordinator on the same store) still reports the runs before it."""
+    first = make_coordinator(tmp_path, kafka, trainer_topics, SleepExecutor(seconds=0.2))
+    for i in range(6):
+        first.store.add_preference(make_preference(i))
+    assert first.wait(first.start_run("manual"), 20) == "failed"
+    gauge = lambda c, state: c.metrics.runs_recorded.labels(state)._value.get()  # noqa: E731
+    assert gauge(first, "failed") == 1
+    first.close()
+    restarted = make_coordinator(tmp_path, kafka, trainer_topics, SleepExecutor(seconds=0.2))
+    restarted.recover()
+    assert gauge(restarted, "failed") == 1 and gauge(restarted, "succeeded") == 0
+    assert restarted.metrics.runs.labels("failed")._value.get() == 0  # the process counter starts afresh
