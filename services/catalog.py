@@ -46,6 +46,25 @@ DEMO_ENV: dict[str, str] = {
 ServiceMain = Callable[[threading.Event], None]
 
 
+def dead_letter_topics() -> dict[str, str]:
+    """The dead-letter topic of every consumer service a cluster runs, from each
+    service's own default settings (what the Kubernetes KafkaTopics must declare,
+    since production does not create topics)."""
+    from services.annotation.settings import AnnotationOptions
+    from services.event_logger.settings import EventLoggerOptions
+    from services.policy_server.settings import PolicyServerOptions
+    from services.sampler.settings import SamplerOptions
+    from services.trainer.settings import TrainerOptions
+    from services.vllm_deployer.settings import VllmDeployerOptions
+    from shared.topics import dead_letter_topic
+
+    groups = {"sampler": SamplerOptions().group_id, "annotation": AnnotationOptions().group_id,
+              "trainer": TrainerOptions().group_id, "event-logger": EventLoggerOptions().group_id,
+              "vllm-deployer": VllmDeployerOptions().group_id}
+    return {**{name: dead_letter_topic(group) for name, group in groups.items()},
+            "policy-server": PolicyServerOptions().dead_letter_topic}
+
+
 class UnknownService(KeyError):
     def __str__(self) -> str:
         return f"unknown service {self.args[0]!r}; known: {', '.join(sorted(SERVICES))}"

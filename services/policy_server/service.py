@@ -15,7 +15,7 @@ from shared.bus import ConsumerLoop, EventProducer
 from shared.bus.admin import ensure_topics
 from shared.observability.metrics import BusMetrics
 from shared.observability.probes import kafka_reachable, wait_until_reachable
-from shared.topics import MODEL_UPDATES, OUTPUTS, dead_letter_topic
+from shared.topics import MODEL_UPDATES, OUTPUTS
 
 from .api import create_app
 from .metrics import PolicyServerMetrics
@@ -52,7 +52,7 @@ def main(stop: threading.Event) -> None:
     settings = PolicyServerSettings()
     options = settings.policy_server
     registry = CollectorRegistry()
-    bus_metrics, metrics = BusMetrics(registry), PolicyServerMetrics(registry)
+    bus_metrics, metrics = BusMetrics.of(registry), PolicyServerMetrics(registry)
     registry_dir = Path(options.registry_dir or Path(settings.data_dir) / "registry")
     pool = PolicyPool(base_model_path(settings))
     router = Router(seed=options.canary_seed)
@@ -62,14 +62,15 @@ def main(stop: threading.Event) -> None:
     wait_until_reachable(settings.kafka)
     if settings.consumer.create_topics:
         ensure_topics(settings.kafka, [(MODEL_UPDATES.name, MODEL_UPDATES.partitions),
-                                       (OUTPUTS.name, OUTPUTS.partitions), (dead_letter_topic(options.group_id), 1)])
+                                       (OUTPUTS.name, OUTPUTS.partitions), (options.dead_letter_topic, 1)])
     with ExitStack() as stack:
         # capture must never hold a request: a full buffer fails the send at once
         producer = EventProducer(settings.kafka, bus_metrics, max_block_ms=100)
         stack.callback(producer.close)
         loop = ConsumerLoop(topics=[MODEL_UPDATES], group_id=options.group_id, handler=versions.handle,
                             kafka=settings.kafka, consumer=settings.consumer, producer=producer,
-                            metrics=bus_metrics, stop=stop, ticker=versions, tick_interval_s=5.0)
+                            metrics=bus_metrics, stop=stop, ticker=versions, tick_interval_s=5.0,
+                            dead_letters=options.dead_letter_topic)
         stack.callback(loop.close)
         app = create_app(pool=pool, router=router, metrics=metrics, registry=registry,
                          served_model_name=options.served_model_name, max_tokens_default=options.max_tokens_default,

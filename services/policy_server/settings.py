@@ -25,6 +25,9 @@ class PolicyServerOptions(BaseModel):
     health_check_prompt: str = "Say hello."
     group_id: str = Field(default_factory=lambda: f"policy-server-{socket.gethostname()}",
                           description="own group per replica: every replica sees every model update")
+    dead_letter_topic: str = Field(
+        default="rlhf.dlq.policy-server",
+        description="one topic for every replica's dead letters (the groups are per pod; the topic is declared)")
 
 
 class PolicyServerSettings(ServiceSettings):

@@ -110,12 +110,16 @@ class ConsumerLoop:
         ticker: Ticker | None = None,
         tick_interval_s: float = 1.0,
         sink: BatchSink | None = None,
+        dead_letters: str | None = None,
     ) -> None:
+        """`dead_letters`: the dead-letter topic, default `rlhf.dlq.<group_id>`; a
+        service whose replicas each have their own group (the policy server) names one
+        shared topic, so the cluster can declare it."""
         if not topics:
             raise ValueError("a consumer loop needs at least one topic")
         self._topics = {t.name: t for t in topics}
         self.group_id = group_id
-        self.dead_letter_topic = dead_letter_topic(group_id)
+        self.dead_letter_topic = dead_letters or dead_letter_topic(group_id)
         self._handler = handler
         self._settings = consumer
         self._producer = producer

@@ -88,17 +88,20 @@ def test_poison_on_every_topic_lands_in_each_consumers_dead_letters(whole_loop: 
     for topic in LOOP_TOPICS:
         producer.send_raw(topic.name, f"poison-{topic.name}".encode(), b'{"event_id": "broken", "schema_version": 1')
     producer.flush()
-    consumers = {
-        "event-logger": {t.name for t in LOOP_TOPICS},
-        "sampler": {"rlhf.outputs"},
-        "trainer": {"rlhf.outputs", "rlhf.preferences", "rlhf.model-updates"},  # model-updates: rolled_back
-        "annotation": {"rlhf.ranking-tasks"},
-        f"policy-server-{socket.gethostname()}": {"rlhf.model-updates"},
+    consumers = {  # dead-letter topic -> (group, the topics it reads)
+        dead_letter_topic("event-logger"): ("event-logger", {t.name for t in LOOP_TOPICS}),
+        dead_letter_topic("sampler"): ("sampler", {"rlhf.outputs"}),
+        # model-updates: the trainer follows rolled_back events
+        dead_letter_topic("trainer"): ("trainer", {"rlhf.outputs", "rlhf.preferences", "rlhf.model-updates"}),
+        dead_letter_topic("annotation"): ("annotation", {"rlhf.ranking-tasks"}),
+        # one group per replica, one declared topic for all of them
+        "rlhf.dlq.policy-server": (f"policy-server-{socket.gethostname()}", {"rlhf.model-updates"}),
     }
-    for group, topics in consumers.items():
-        dead = read_topic(kafka, dead_letter_topic(group), expected=len(topics), timeout_s=60)
+    for dlq, (group, topics) in consumers.items():
+        dead = read_topic(kafka, dlq, expected=len(topics), timeout_s=60)
         origins = {header_map(r.headers)["dlq.origin.topic"]: header_map(r.headers) for r in dead}
         assert set(origins) == topics, group
+        assert {header_map(r.headers)["dlq.group"] for r in dead} == {group}
         for origin, headers in origins.items():
             assert headers["dlq.kind"] == "poison" and "Invalid JSON" in headers["dlq.reason"]
     # ... and every service is still up and still working

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.catalog import SERVICES
+from services.catalog import SERVICES, dead_letter_topics
 from shared.topics import LOOP_TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,6 @@ DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 # Custom resources have no schema in kubernetes-validate; they are checked by hand below.
 CRDS = {"PodMonitor", "KafkaTopic"}
-CONSUMER_GROUPS = {"event-logger", "sampler", "annotation", "trainer"}
 # The demo (replayed traffic, simulated annotators) belongs to the laptop, not a cluster.
 LAPTOP_ONLY = {"demo"}
 
@@ -101,7 +100,8 @@ def test_capture_has_hpa_pdb_and_service(manifests: tuple[str, list[dict[str, An
 def test_topics_policies_and_monitoring(manifests: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = manifests
     topics = {t["spec"]["topicName"]: t for t in by_kind(docs, "KafkaTopic").values()}
-    expected = {t.name for t in LOOP_TOPICS} | {f"rlhf.dlq.{g}" for g in CONSUMER_GROUPS}
+    # from the services' own settings: a new consumer, or a renamed group, fails here
+    expected = {t.name for t in LOOP_TOPICS} | set(dead_letter_topics().values())
     assert set(topics) == expected
     for loop_topic in LOOP_TOPICS:
         assert topics[loop_topic.name]["spec"]["partitions"] == loop_topic.partitions
@@ -111,6 +111,34 @@ def test_topics_policies_and_monitoring(manifests: tuple[str, list[dict[str, Any
     assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
     claims = by_kind(docs, "PersistentVolumeClaim")
     assert claims["rlhf-registry"]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def ingress_sources(docs: list[dict[str, Any]], app: str) -> list[dict[str, Any]]:
+    """The `from` entries of every NetworkPolicy that selects the pods of `app`."""
+    sources = []
+    for policy in by_kind(docs, "NetworkPolicy").values():
+        wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+        if all({"app.kubernetes.io/name": app, "app.kubernetes.io/part-of": "rlhf-loop"}.get(k) == v
+               for k, v in wanted.items()):
+            for rule in policy["spec"].get("ingress", []):
+                sources += rule.get("from", [])
+    return sources
+
+
+def test_under_default_deny_the_policy_server_is_reachable_by_chatbots_and_the_sampler(
+        manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    sources = ingress_sources(docs, "policy-server")
+    assert {"namespaceSelector": {"matchLabels": {"rlhf-loop/capture-client": "true"}}} in sources
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "sampler"}}} in sources
+
+
+def test_every_empty_dir_is_size_limited(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    for name, deployment in by_kind(docs, "Deployment").items():
+        for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
+            if "emptyDir" in volume:
+                assert volume["emptyDir"].get("sizeLimit"), f"{name}: emptyDir {volume['name']} has no sizeLimit"
 
 
 def test_alert_rules_check_and_unit_tests_pass() -> None:
