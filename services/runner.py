@@ -54,7 +54,7 @@ def run_consumer_service(
     `http_server` builds the /metrics /healthz /readyz server; a service that serves
     more routes passes a HealthServer subclass (e.g. the trainer's run API)."""
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = BusMetrics(registry)
+    metrics = BusMetrics.of(registry)
     wait_until_reachable(settings.kafka)
     if settings.consumer.create_topics:
         wanted = [(t.name, t.partitions) for t in (*spec.topics, *spec.produces)]

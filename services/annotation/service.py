@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from services.runner import ConsumerSpec, run_consumer_service
 from shared.bus import EventProducer
 from shared.models.reward_scorer import RewardScorer, registry_locator
+from shared.observability.metrics import BusMetrics
 from shared.observability.probes import cached, http_ok
 from shared.topics import PREFERENCES, RANKING_TASKS, RANKINGS
 
@@ -105,7 +106,7 @@ def main(stop: threading.Event, settings: AnnotationSettings | None = None,
         )
         rest = ArgillaRest(endpoint.url, endpoint.api_key, options.request_timeout_s)
         stack.callback(rest.close)
-        producer = EventProducer(settings.kafka)
+        producer = EventProducer(settings.kafka, BusMetrics.of(registry))  # the collector's: metered
         stack.callback(producer.close)
         state = CollectorState(Path(settings.data_dir) / "annotation" / "collector.sqlite")
         stack.callback(state.close)

@@ -42,7 +42,7 @@ def main(stop: threading.Event) -> None:
     with ExitStack() as stack:
         # max_block_ms: a send waiting for metadata must give up within the time a
         # request may wait for its ack, so a lost broker is a 503, not a hung request.
-        producer = EventProducer(settings.kafka, BusMetrics(registry),
+        producer = EventProducer(settings.kafka, BusMetrics.of(registry),
                                  max_block_ms=int(options.publish_timeout_s * 1000))
         stack.callback(close_producer, producer, settings.consumer.shutdown_grace_s)
         app = create_app(settings, producer, registry)

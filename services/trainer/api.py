@@ -5,8 +5,10 @@
     GET  /v1/runs/{run_id}   one run
     POST /v1/rollback        roll the promoted policy (or {"version": ...}) back to its last good version
 
-Extends the standard-library HealthServer rather than adding a web framework for
-three routes.
+Every /v1 route needs `Authorization: Bearer <RLHF_TRAINER__API_TOKEN>` (401
+otherwise): a run starts training on GPUs, a rollback changes what users are served.
+/metrics and the probes stay open. Extends the standard-library HealthServer rather
+than adding a web framework for four routes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
+from shared.auth import bearer_matches
 from shared.http_input import CONTROL_CHARS, InputRejected, loads_json, read_capped
 from shared.observability.http import Checks, HealthServer
 
@@ -30,17 +34,32 @@ MAX_BODY_BYTES = 16_384  # {"reason": ..., "version": ...}
 
 class TrainerHttpServer(HealthServer):
     def __init__(self, registry: CollectorRegistry, host: str, port: int, liveness: Checks | None = None,
-                 readiness: Checks | None = None, *, coordinator: RunCoordinator) -> None:
+                 readiness: Checks | None = None, *, coordinator: RunCoordinator, token: SecretStr) -> None:
         self._coordinator = coordinator
+        self._token = token
         super().__init__(registry, host, port, liveness=liveness, readiness=readiness)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         base: Any = super()._handler_class()
-        coordinator = self._coordinator
+        coordinator, token = self._coordinator, self._token
 
         class Handler(base):  # type: ignore[misc, valid-type]
+            def _authorized(self) -> bool:
+                if bearer_matches(self.headers.get("Authorization"), token):
+                    return True
+                body = json.dumps({"detail": "missing or invalid bearer token (RLHF_TRAINER__API_TOKEN)"}).encode()
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", "Bearer")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return False
+
             def do_GET(self) -> None:  # noqa: N802
                 path = self.path.split("?", 1)[0].rstrip("/")
+                if path.startswith("/v1/") and not self._authorized():
+                    return
                 if path == "/v1/runs":
                     runs = [asdict(r) for r in coordinator.store.runs()[-50:]]
                     self._json(200, {"runs": runs, "active": coordinator.active_run()})
@@ -54,6 +73,8 @@ class TrainerHttpServer(HealthServer):
                 path = self.path.split("?", 1)[0].rstrip("/")
                 if path not in ("/v1/runs", "/v1/rollback"):
                     self._json(404, {"detail": "not found"})
+                    return
+                if not self._authorized():
                     return
                 try:
                     raw = read_capped(self.rfile, self.headers.get("Content-Length") or "0", MAX_BODY_BYTES)

@@ -11,9 +11,11 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from services.runner import ConsumerSpec, run_consumer_service
+from shared.auth import token_or_generated
 from shared.bus import EventProducer
 from shared.bus.admin import ensure_topics
 from shared.contracts import ModelOutput, ModelUpdate, Preference, TrainingRunStatus
+from shared.observability.metrics import BusMetrics
 from shared.observability.probes import wait_until_reachable
 from shared.topics import Topic
 
@@ -64,7 +66,7 @@ def run_service(settings: TrainerSettings, stop: threading.Event, *, registry: C
     with ExitStack() as stack:
         store = open_store(settings)
         stack.callback(store.close)
-        producer = EventProducer(settings.kafka)
+        producer = EventProducer(settings.kafka, BusMetrics.of(registry))  # run status events: metered
         stack.callback(producer.close)
         coordinator = build_coordinator(settings, store, producer, metrics, executor)
         stack.callback(coordinator.close, settings.consumer.shutdown_grace_s)
@@ -72,12 +74,14 @@ def run_service(settings: TrainerSettings, stop: threading.Event, *, registry: C
         trigger = TriggerJob(store, coordinator, settings.trainer, metrics)
         scheduler = start_scheduler(trigger, settings.trainer.check_interval_s)
         stack.callback(scheduler.shutdown, wait=False)
+        api_token = token_or_generated(settings.trainer.api_token, Path(settings.data_dir) / "trainer" / "api-token",
+                                       "RLHF_TRAINER__API_TOKEN")
         spec = ConsumerSpec(name="trainer", group_id=settings.trainer.group_id,
                             topics=[t["preferences"], t["outputs"], t["updates"]],
                             handler=make_store_handler(store, metrics, coordinator.registry),
                             produces=[t["runs"], t["updates"]])
         run_consumer_service(spec, settings, stop, registry=registry, on_started=on_started,
-                             http_server=functools.partial(TrainerHttpServer, coordinator=coordinator))
+                             http_server=functools.partial(TrainerHttpServer, coordinator=coordinator, token=api_token))
 
 
 def main(stop: threading.Event) -> None:

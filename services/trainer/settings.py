@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from shared.settings import ServiceSettings
 
@@ -102,6 +102,9 @@ class TrainerOptions(BaseModel):
     kubernetes_image: str = "rlhf-loop:latest"
     kubernetes_namespace: str = "rlhf"
     canary_fraction: float = Field(default=0.1, ge=0, le=1, description="traffic share a promoted policy starts with")
+    api_token: SecretStr | None = Field(
+        default=None, description="bearer token of the run API (/v1/runs, /v1/rollback); unset: generated once"
+                                  " into DATA_DIR/trainer/api-token (0600)")
 
     hyper: Hyperparameters = Hyperparameters()
     gates: GateThresholds = GateThresholds()

@@ -3,6 +3,8 @@ test and each service gets its own)."""
 
 from __future__ import annotations
 
+import weakref
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Handler latency buckets: a JSON decode is sub-millisecond, an Argilla push or a
@@ -13,6 +15,17 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 class BusMetrics:
     """Per-topic message counts and handler latency. Label values are topic and group
     names and a fixed set of reasons, so cardinality stays bounded."""
+
+    _by_registry: "weakref.WeakKeyDictionary[CollectorRegistry, BusMetrics]" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> "BusMetrics":
+        """The one BusMetrics of `registry`: every producer and consumer of a service
+        counts into the same series (a second instance could not register them)."""
+        metrics = cls._by_registry.get(registry)
+        if metrics is None:
+            metrics = cls._by_registry[registry] = cls(registry)
+        return metrics
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.consumed = Counter(

@@ -330,7 +330,8 @@ def test_the_service_end_to_end_from_task_topic_to_preferences(
     )
     task = make_task(f"e2e-{dataset_prefix}", [2, 9])
     stop = threading.Event()
-    service = threading.Thread(target=main, args=(stop, settings), daemon=True)
+    registry = CollectorRegistry()
+    service = threading.Thread(target=main, args=(stop, settings, registry), daemon=True)
     service.start()
     try:
         producer = EventProducer(kafka)
@@ -360,6 +361,8 @@ def test_the_service_end_to_end_from_task_topic_to_preferences(
         [preference] = mine()
         assert (preference.chosen.candidate_id, preference.rejected.candidate_id) == ("c1", "c0")
         assert preference.margin == 1.0
+        # the "no preferences for 6 h" alert reads this series: the collector's producer is metered
+        assert registry.get_sample_value("rlhf_messages_produced_total", {"topic": PREFERENCES.name}) == 1
     finally:
         stop.set()
         service.join(30)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from services.annotation.webhooks import MAX_BODY_BYTES, PATH, WebhookListener
 from services.capture.server import AppServer
@@ -171,8 +172,11 @@ def test_the_trainer_run_api_answers_hostile_bodies_below_500_and_bad_fields_wit
     tmp_path: Path, kafka: KafkaSettings, trainer_topics: dict[str, Topic],  # noqa: F811
 ) -> None:
     coordinator = make_coordinator(tmp_path, kafka, trainer_topics, SleepExecutor(0.1))
-    with TrainerHttpServer(CollectorRegistry(), "127.0.0.1", 0, coordinator=coordinator) as server, \
-            httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as http:
+    token = "run-api-token"
+    with TrainerHttpServer(CollectorRegistry(), "127.0.0.1", 0, coordinator=coordinator,
+                           token=SecretStr(token)) as server, \
+            httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30,
+                         headers={"Authorization": f"Bearer {token}"}) as http:
         for path in ("/v1/runs", "/v1/rollback"):
             bodies = hostile_bodies({"reason": "fuzz", "version": "policy-v0001"},
                                     id_fields=[["reason"], ["version"]], list_fields=[], number_fields=[])

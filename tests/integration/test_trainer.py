@@ -55,9 +55,10 @@ def events_of(kafka: KafkaSettings, topic: Topic, contract: type, expected: int,
     return [contract.model_validate_json(r.value) for r in read_topic(kafka, topic.name, expected, timeout_s)]
 
 
-def http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+def http(method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -150,13 +151,17 @@ def test_trainer_service_full_run_publishes_and_promotes(kafka: KafkaSettings, p
     try:
         assert wait_for(lambda: bool(servers), timeout_s=30)
         base = f"http://127.0.0.1:{servers[0].port}"
-        assert http("POST", f"{base}/v1/runs")[0] == 422  # nothing stored yet
+        token = (tmp_path / "trainer" / "api-token").read_text().strip()  # generated: no token was set
+        assert http("POST", f"{base}/v1/runs")[0] == 401
+        assert http("POST", f"{base}/v1/runs", token="wrong")[0] == 401
+        assert http("GET", f"{base}/v1/runs")[0] == 401
+        assert http("POST", f"{base}/v1/runs", token=token)[0] == 422  # nothing stored yet
         for i in range(24):
             producer.send(trainer_topics["preferences_topic"], make_preference(i))
         producer.flush()
         statuses = lambda: events_of(kafka, trainer_topics["runs_topic"], TrainingRunStatus, 1, 2)  # noqa: E731
         assert wait_for(lambda: any(e.state == "started" for e in statuses()), timeout_s=60)
-        code, body = http("POST", f"{base}/v1/runs", {"reason": "again"})
+        code, body = http("POST", f"{base}/v1/runs", {"reason": "again"}, token=token)
         assert code == 409 and "in progress" in body["detail"]
         assert wait_for(lambda: any(e.is_terminal for e in statuses()), timeout_s=90, interval_s=0.5)
         events = statuses()
@@ -184,7 +189,7 @@ def test_trainer_service_full_run_publishes_and_promotes(kafka: KafkaSettings, p
         assert manifest["evaluation"]["judge"] == "ensemble" and manifest["evaluation"]["prompts"] >= 1
         assert manifest["hyperparameters"]["lora_r"] == 8 and manifest["code_version"]
         assert json.loads((tmp_path / "registry" / "policy" / "promoted.json").read_text())["version"] == "policy-v0001"
-        code, run = http("GET", f"{base}/v1/runs/{run_id}")
+        code, run = http("GET", f"{base}/v1/runs/{run_id}", token=token)
         assert code == 200 and run["state"] == "succeeded"
         assert wait_for(lambda: (registry.get_sample_value("rlhf_trainer_runs_total", {"outcome": "succeeded"}) or 0) == 1)
         assert registry.get_sample_value("rlhf_trainer_preferences_since_last_training") == 0
