@@ -3,12 +3,15 @@ for the failures an operator can fix (bad setting, unreachable broker)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+from typing import Any
 
 from kafka.errors import KafkaTimeoutError
-from pydantic import ValidationError
+from pydantic import SecretBytes, SecretStr, ValidationError
+from pydantic_settings import SettingsError
 
 from shared.lifecycle import configure_logging, install_stop_signals
 from shared.observability.probes import BrokerUnreachable
@@ -25,13 +28,40 @@ EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 
 
-def describe_settings_error(error: ValidationError) -> str:
-    """Name each failing setting by the environment variable that sets it."""
+def is_secret_name(name: str) -> bool:
+    upper = name.upper().replace("-", "_")
+    return any(word in upper for word in SECRET_WORDS) or upper.endswith("KEY")
+
+
+def redact(value: Any) -> Any:
+    """`value` with every secret replaced, at any depth: SecretStr/SecretBytes by type,
+    anything under a secret-sounding key by name. A string that is JSON is redacted as
+    the structure it holds; one that is not (it may be a secret that failed to parse)
+    is shown only by its length."""
+    if isinstance(value, SecretStr | SecretBytes):
+        return "***"
+    if isinstance(value, dict):
+        return {k: "***" if isinstance(k, str) and is_secret_name(k) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return redact(json.loads(value))
+        except ValueError:
+            return f"<{len(value)} characters, not valid JSON>"
+    return value
+
+
+def describe_settings_error(error: ValidationError | SettingsError) -> str:
+    """Name each failing setting by the environment variable that sets it; values are
+    shown redacted (a secret is never echoed into logs)."""
+    if isinstance(error, SettingsError):  # a value that is not even valid JSON
+        field = str(error).split('"')[1] if '"' in str(error) else "?"
+        return f"{ENV_PREFIX}{field.upper()}__*: a value is not valid JSON (value not shown: it may hold a secret)"
     parts = []
     for item in error.errors(include_url=False):
         env_name = ENV_PREFIX + "__".join(str(p) for p in item["loc"]).upper()
-        secret = any(word in env_name for word in SECRET_WORDS)
-        got = "" if secret else f" (got {item.get('input')!r})"
+        got = "" if is_secret_name(env_name) else f" (got {redact(item.get('input'))!r})"
         parts.append(f"{env_name}: {item['msg']}{got}")
     return "; ".join(parts)
 
@@ -42,7 +72,7 @@ def run_until_signalled(main: ServiceMain) -> int:
     install_stop_signals(stop)
     try:
         main(stop)
-    except ValidationError as error:
+    except (ValidationError, SettingsError) as error:
         log.error("bad setting: %s", describe_settings_error(error))
         return EXIT_CONFIG
     except BrokerUnreachable as error:

@@ -80,3 +80,30 @@ def test_secrets_stay_out_of_repr() -> None:
     settings = KafkaSettings(sasl_mechanism="PLAIN", sasl_username="u", sasl_password="hunter2")
     assert "hunter2" not in repr(settings)
     assert settings.client_kwargs()["sasl_plain_password"] == "hunter2"
+
+
+def test_a_settings_error_never_prints_a_secret_nested_in_a_json_value(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Review found an endpoint's api_key printed in full: the error was on a sibling
+    field of the same JSON value."""
+    import pytest
+    from pydantic import ValidationError
+
+    from pydantic_settings import SettingsError
+
+    from services.launch import describe_settings_error
+    from services.sampler.settings import SamplerSettings
+
+    leaked = "sk-live-very-secret-0123456789"
+    monkeypatch.setenv("RLHF_SAMPLER__COMPLETION__ENDPOINTS",
+                       '[{"base_url": "http://llm:8000/v1", "model": "m", "api_key": "%s", "timeout_s": "soon"}]'
+                       % leaked)
+    with pytest.raises(ValidationError) as error:
+        SamplerSettings()
+    described = describe_settings_error(error.value)
+    assert "RLHF_SAMPLER__COMPLETION__ENDPOINTS" in described
+    assert leaked not in described and "***" in described
+    monkeypatch.setenv("RLHF_SAMPLER__COMPLETION__ENDPOINTS", '[{"api_key": "%s", ' % leaked)  # not JSON at all
+    with pytest.raises(SettingsError) as unparsable:
+        SamplerSettings()
+    assert leaked not in describe_settings_error(unparsable.value)
+    assert "RLHF_SAMPLER" in describe_settings_error(unparsable.value)
