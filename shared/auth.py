@@ -1,4 +1,5 @@
-"""Bearer tokens for the loop's control and data endpoints.
+"""Bearer tokens for the loop's control and data endpoints (capture's ingest API, the
+trainer's run API).
 
 A token comes from settings (a Kubernetes Secret in production) or, when none is set,
 is generated once into a 0600 file under DATA_DIR, so a laptop's `rlhf-loop up` works

@@ -7,18 +7,15 @@ token is named.
 
 from __future__ import annotations
 
-import logging
-import os
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import HTTPException, Request
 from pydantic import SecretStr
 
-from .settings import CaptureSettings
+from shared.auth import bearer_matches, token_or_generated
 
-log = logging.getLogger(__name__)
+from .settings import CaptureSettings
 
 
 def token_checker(token: SecretStr | None, disabled: bool) -> Callable[[Request], None]:
@@ -30,11 +27,10 @@ def token_checker(token: SecretStr | None, disabled: bool) -> Callable[[Request]
         return open_door
     if token is None or not token.get_secret_value():
         raise ValueError("set RLHF_CAPTURE__TOKEN, or RLHF_CAPTURE__AUTH_DISABLED=true for local use")
-    expected = token.get_secret_value().encode("utf-8")
+    expected = token
 
     def check(request: Request) -> None:
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(presented.strip().encode("utf-8"), expected):
+        if not bearer_matches(request.headers.get("authorization"), expected):
             raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     return check
@@ -47,15 +43,5 @@ def with_token(settings: CaptureSettings) -> CaptureSettings:
     options = settings.capture
     if options.auth_disabled or options.token is not None:
         return settings
-    path = Path(settings.data_dir) / "capture" / "token"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # kept across restarts, so clients need not be reconfigured
-        log.info("RLHF_CAPTURE__TOKEN is not set: using the token in %s", path)
-    else:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-        log.warning("RLHF_CAPTURE__TOKEN is not set: generated a token in %s", path)
-    token = SecretStr(path.read_text().strip())
+    token = token_or_generated(None, Path(settings.data_dir) / "capture" / "token", "RLHF_CAPTURE__TOKEN")
     return settings.model_copy(update={"capture": options.model_copy(update={"token": token})})

@@ -31,17 +31,7 @@ def _host_port(server: str) -> tuple[str, int]:
 
 def kafka_reachable(settings: KafkaSettings, cache_s: float = 2.0) -> Callable[[], bool]:
     servers = [_host_port(s) for s in settings.bootstrap_servers.split(",") if s.strip()]
-    lock = threading.Lock()
-    state = {"at": 0.0, "ok": False}
-
-    def check() -> bool:
-        with lock:
-            if time.monotonic() - state["at"] > cache_s:
-                state["ok"] = any(tcp_reachable(host, port) for host, port in servers)
-                state["at"] = time.monotonic()
-            return bool(state["ok"])
-
-    return check
+    return cached(lambda: any(tcp_reachable(host, port) for host, port in servers), cache_s)
 
 
 def cached(check: Callable[[], bool], cache_s: float = 2.0,
