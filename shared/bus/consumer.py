@@ -220,13 +220,13 @@ class ConsumerLoop:
                 return False
             reason = f"batch write failed {self._sink_failures} times: {type(error).__name__}: {error}"
             refused = [(record, reason) for record in handled]
-            kind = "retries_exhausted"
+            kind, cause = "retries_exhausted", error
         else:
-            kind = "poison"
+            kind, cause = "poison", None
         self._sink_failures = 0
         try:
             for record, reason in refused:
-                self._dead_letter(record, kind, reason, PoisonMessage(reason), self._settings.max_attempts
+                self._dead_letter(record, kind, reason, cause or PoisonMessage(reason), self._settings.max_attempts
                                   if kind == "retries_exhausted" else 1)
         except _Retry:
             return False

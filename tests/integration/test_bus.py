@@ -368,6 +368,7 @@ def test_a_sink_that_keeps_failing_dead_letters_its_batch_and_goes_on(
     headers = header_map(dead[0].headers)
     assert headers["dlq.kind"] == "retries_exhausted"
     assert "unexpected answer" in headers["dlq.reason"]
+    assert headers["dlq.error_type"] == "RuntimeError"  # what the sink raised, not a generic poison
     assert sink.written == [e.output_id for e in later]
 
 
