@@ -139,6 +139,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     extra_env = {} if args.no_demo else {**DEMO_ENV, **demo_files(data_dir)}
     if "policy-server" in names:
         extra_env["RLHF_DEMO__POLICY_URL"] = f"http://127.0.0.1:{args.http_port_base + names.index('policy-server')}/v1"
+        extra_env.update(policy_key_env(data_dir))
     if "trainer" in names:
         extra_env["RLHF_DEMO__TRAINER_URL"] = f"http://127.0.0.1:{args.http_port_base + names.index('trainer')}"
     if args.no_simulated_annotators:
@@ -154,7 +155,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  {child.name:<16} http://127.0.0.1:{child.port}/metrics  log: {child.log_path}", flush=True)
         if "policy-server" in names:
             print(f"  chat with the policy: OpenAI base URL http://127.0.0.1:{sup.port_of('policy-server')}/v1, "
-                  "model rlhf-policy", flush=True)
+                  f"model rlhf-policy, api key in {policy_key_path(data_dir)}", flush=True)
         print("Ctrl-C stops everything.", flush=True)
 
     progress = {"next": 0.0, "argilla_shown": False}
@@ -173,6 +174,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     supervisor.run(stop, on_ready=announce, on_tick=report)
     print("rlhf-loop stopped.", flush=True)
     return 0
+
+
+def policy_key_path(data_dir: Path) -> Path:
+    return data_dir / "policy-server" / "api-key"
+
+
+def policy_key_env(data_dir: Path) -> dict[str, str]:
+    """The policy server's key for the demo's clients: the configured one, or the one
+    generated into DATA_DIR/policy-server/api-key, created here before any service
+    starts so that the server and the demo read the same key."""
+    from services.policy_server.settings import PolicyServerSettings
+    from shared.auth import token_or_generated
+
+    options = PolicyServerSettings(data_dir=str(data_dir)).policy_server
+    if options.auth_disabled:
+        return {}
+    key = token_or_generated(options.api_key, policy_key_path(data_dir), "RLHF_POLICY_SERVER__API_KEY")
+    return {"RLHF_DEMO__POLICY_API_KEY": key.get_secret_value()}
 
 
 def prepare_base_model(names: list[str], data_dir: Path) -> None:

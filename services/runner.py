@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from shared.bus import BatchSink, ConsumerLoop, EventProducer, Handler, Ticker
 from shared.bus.admin import ensure_topics
-from shared.observability.http import HealthServer
+from shared.observability.http import HealthServer, metrics_server
 from shared.observability.metrics import BusMetrics
 from shared.observability.probes import kafka_reachable, wait_until_reachable
 from shared.settings import ServiceSettings
@@ -54,7 +54,7 @@ def run_consumer_service(
     `http_server` builds the /metrics /healthz /readyz server; a service that serves
     more routes passes a HealthServer subclass (e.g. the trainer's run API)."""
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = BusMetrics.of(registry)
+    metrics = BusMetrics.of(registry).declare(spec.group_id, spec.topics, spec.produces)  # series from the start
     wait_until_reachable(settings.kafka)
     if settings.consumer.create_topics:
         wanted = [(t.name, t.partitions) for t in (*spec.topics, *spec.produces)]
@@ -77,16 +77,16 @@ def run_consumer_service(
         )
         stack.callback(loop.close)
         stall_limit_s = settings.kafka.max_poll_interval_ms / 1000
-        health = http_server(
-            registry,
-            settings.http.host,
-            settings.http.port,
-            liveness={"consumer_loop": lambda: time.monotonic() - loop.last_poll_monotonic < stall_limit_s},
-            readiness={"kafka": kafka_reachable(settings.kafka), **spec.readiness},
-        )
+        liveness = {"consumer_loop": lambda: time.monotonic() - loop.last_poll_monotonic < stall_limit_s}
+        readiness = {"kafka": kafka_reachable(settings.kafka), **spec.readiness}
+        metrics_only = metrics_server(settings.http, registry, liveness, readiness)
+        health = http_server(registry, settings.http.host, settings.http.port, liveness=liveness,
+                             readiness=readiness, serve_metrics=metrics_only is None)
         stack.enter_context(health)
-        log.info("%s: consuming %s as group %s; metrics on :%d",
-                 spec.name, [t.name for t in spec.topics], spec.group_id, health.port)
+        if metrics_only is not None:
+            stack.enter_context(metrics_only)
+        log.info("%s: consuming %s as group %s; http on :%d, metrics on :%d", spec.name,
+                 [t.name for t in spec.topics], spec.group_id, health.port, (metrics_only or health).port)
         if on_started is not None:
             on_started(health)
         loop.run()

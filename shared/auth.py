@@ -1,5 +1,5 @@
-"""Bearer tokens for the loop's control and data endpoints (capture's ingest API, the
-trainer's run API).
+"""Bearer tokens for the loop's control and data endpoints (capture's ingest API and
+proxy, the policy server's OpenAI API, the trainer's run API).
 
 A token comes from settings (a Kubernetes Secret in production) or, when none is set,
 is generated once into a 0600 file under DATA_DIR, so a laptop's `rlhf-loop up` works
@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
+from fastapi import HTTPException, Request
 from pydantic import SecretStr
 
 log = logging.getLogger(__name__)
@@ -40,3 +42,15 @@ def bearer_matches(authorization: str | None, token: SecretStr) -> bool:
     scheme, _, presented = (authorization or "").partition(" ")
     return scheme.lower() == "bearer" and secrets.compare_digest(
         presented.strip().encode("utf-8", "replace"), token.get_secret_value().encode("utf-8"))
+
+
+def bearer_dependency(token: SecretStr, setting: str) -> Callable[[Request], None]:
+    """A FastAPI dependency: 401 (with `WWW-Authenticate: Bearer`) unless the request
+    carries `token`. `setting` names where the token is configured, for the message."""
+
+    def check(request: Request) -> None:
+        if not bearer_matches(request.headers.get("authorization"), token):
+            raise HTTPException(401, f"missing or invalid bearer token ({setting})",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check

@@ -122,6 +122,16 @@ class ConsumerSettings(BaseModel):
 class HttpSettings(BaseModel):
     host: str = "0.0.0.0"
     port: int = Field(default=9000, ge=0, le=65535, description="0 picks a free port")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="serve /metrics (and the probes) on this port instead of `port`, so opening the network "
+        "to Prometheus does not open the API; unset: /metrics is on `port`")
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "HttpSettings":
+        if self.metrics_port is not None and self.metrics_port == self.port and self.port != 0:
+            raise ValueError("metrics_port must differ from port (RLHF_HTTP__METRICS_PORT, RLHF_HTTP__PORT)")
+        return self
 
 
 class ServiceSettings(BaseSettings):

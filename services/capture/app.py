@@ -58,6 +58,7 @@ def create_app(
         # loop never gets here, and the probe times out.
         liveness={"event_loop": lambda: True},
         readiness={"kafka": kafka_reachable(settings.kafka)},
+        serve_metrics=settings.http.metrics_port is None,
     ))
     app.include_router(ingest_router(options, publisher, metrics, check_token))
     endpoints = [OUTPUTS_PATH, BATCH_PATH, "/metrics", "/healthz", "/readyz"]

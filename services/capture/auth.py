@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 from pydantic import SecretStr
 
-from shared.auth import bearer_matches, token_or_generated
+from shared.auth import bearer_dependency, token_or_generated
 
 from .settings import CaptureSettings
 
@@ -27,13 +27,7 @@ def token_checker(token: SecretStr | None, disabled: bool) -> Callable[[Request]
         return open_door
     if token is None or not token.get_secret_value():
         raise ValueError("set RLHF_CAPTURE__TOKEN, or RLHF_CAPTURE__AUTH_DISABLED=true for local use")
-    expected = token
-
-    def check(request: Request) -> None:
-        if not bearer_matches(request.headers.get("authorization"), expected):
-            raise HTTPException(401, "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    return check
+    return bearer_dependency(token, "RLHF_CAPTURE__TOKEN")
 
 
 def with_token(settings: CaptureSettings) -> CaptureSettings:

@@ -10,7 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from shared.observability.http import Checks, run_checks
 
 
-def ops_router(registry: CollectorRegistry, liveness: Checks, readiness: Checks) -> APIRouter:
+def ops_router(registry: CollectorRegistry, liveness: Checks, readiness: Checks,
+               serve_metrics: bool = True) -> APIRouter:
+    """`serve_metrics`: False when /metrics has its own port (RLHF_HTTP__METRICS_PORT)."""
     router = APIRouter(include_in_schema=False)
 
     def probe(checks: Checks) -> JSONResponse:
@@ -20,9 +22,10 @@ def ops_router(registry: CollectorRegistry, liveness: Checks, readiness: Checks)
 
     # Plain `def`: FastAPI runs them on the thread pool, so a slow TCP probe of the
     # broker never stalls the event loop that serves ingest traffic.
-    @router.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    if serve_metrics:
+        @router.get("/metrics")
+        def metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/healthz")
     def healthz() -> JSONResponse:

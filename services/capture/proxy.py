@@ -5,9 +5,11 @@ and the upstream's answer comes back unchanged, streamed (SSE) or not. A copy of
 exchange is handed to `BackgroundCapture` after the answer is complete; capture
 never delays or fails the caller's request.
 
-Auth: without `proxy_upstream_api_key` the caller's Authorization header goes upstream
-and the upstream decides (vLLM --api-key). With it, callers present the capture token
-and the proxy presents the upstream key.
+Auth (`proxy_auth`): by default callers present the capture token, exactly as on the
+ingest API, and the proxy presents `proxy_upstream_api_key` upstream (or nothing): the
+caller's own Authorization never leaves the proxy. With `passthrough` the caller's
+Authorization goes upstream unchanged and the upstream decides (vLLM --api-key, the
+policy server's key); the proxy then checks nothing itself.
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ def _forward_headers(request: Request, options: CaptureOptions) -> dict[str, str
     headers = {k: v for k, v in request.headers.items()
                if k not in DROPPED_HEADERS and not k.startswith("x-rlhf-")}
     headers["accept-encoding"] = "identity"  # relay bytes as they are; nothing to re-encode
-    if options.proxy_upstream_api_key is not None:
-        headers["authorization"] = f"Bearer {options.proxy_upstream_api_key.get_secret_value()}"
+    if options.proxy_auth == "token":  # the capture token is ours: it never goes upstream
+        headers.pop("authorization", None)
+        if options.proxy_upstream_api_key is not None:
+            headers["authorization"] = f"Bearer {options.proxy_upstream_api_key.get_secret_value()}"
     return headers
 
 
@@ -68,7 +72,7 @@ def proxy_router(
     metrics: CaptureMetrics,
     check_token: Callable[[Request], None],
 ) -> APIRouter:
-    deps = [Depends(check_token)] if options.proxy_upstream_api_key is not None else []
+    deps = [Depends(check_token)] if options.proxy_auth == "token" else []
     router = APIRouter(dependencies=deps, tags=["proxy"])
 
     @router.post(CHAT_PATH)

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 from shared.bus import EventProducer
 from shared.bus.admin import ensure_topics
 from shared.observability.metrics import BusMetrics
-from shared.observability.probes import wait_until_reachable
+from shared.observability.http import metrics_server
+from shared.observability.probes import kafka_reachable, wait_until_reachable
 from shared.topics import OUTPUTS
 
 from .app import create_app
@@ -50,6 +51,10 @@ def main(stop: threading.Event) -> None:
                            graceful_s=settings.consumer.shutdown_grace_s)
         server.start()
         stack.callback(server.stop)
+        metrics_only = metrics_server(settings.http, registry, liveness={"http": lambda: server.alive},
+                                      readiness={"kafka": kafka_reachable(settings.kafka)})
+        if metrics_only is not None:
+            stack.enter_context(metrics_only)
         log.info("capture: listening on %s:%d (auth %s, proxy %s)", settings.http.host, server.port,
                  "off" if options.auth_disabled else "on",
                  f"to {options.proxy_upstream_url}" if options.proxy_upstream_url else "off")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from shared.settings import ServiceSettings
 
@@ -25,8 +27,13 @@ class CaptureOptions(BaseModel):
         default=None, description="OpenAI-compatible base URL, e.g. http://vllm:8000/v1; enables the proxy"
     )
     proxy_upstream_api_key: SecretStr | None = Field(
-        default=None,
-        description="key sent upstream; when set, callers authenticate to the proxy with the capture token",
+        default=None, description="key the proxy sends upstream (e.g. RLHF_POLICY_SERVER__API_KEY, vLLM --api-key)",
+    )
+    proxy_auth: Literal["token", "passthrough"] = Field(
+        default="token",
+        description="token: callers present the capture token and the proxy presents proxy_upstream_api_key; "
+        "passthrough: the caller's Authorization goes upstream unchanged and the upstream decides (only for an "
+        "upstream that checks keys itself)",
     )
     proxy_timeout_s: float = Field(default=600.0, gt=0, description="upstream read timeout")
     proxy_model_version: str = Field(
@@ -34,6 +41,13 @@ class CaptureOptions(BaseModel):
         description="model version stamped on proxied candidates unless X-RLHF-Model-Version says",
     )
     proxy_queue_size: int = Field(default=10_000, ge=1, description="captures waiting for the broker")
+
+    @model_validator(mode="after")
+    def _one_upstream_credential(self) -> "CaptureOptions":
+        if self.proxy_auth == "passthrough" and self.proxy_upstream_api_key is not None:
+            raise ValueError("proxy_upstream_api_key is never sent with proxy_auth=passthrough: "
+                             "unset RLHF_CAPTURE__PROXY_UPSTREAM_API_KEY or use proxy_auth=token")
+        return self
 
     @field_validator("proxy_upstream_url")
     @classmethod

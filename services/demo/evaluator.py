@@ -39,7 +39,7 @@ class ServedPolicyProbe:
         self._oracle = oracle
         self._prompts = prompts[: options.eval_prompts]
         self._metrics = metrics
-        self._client = client or httpx.Client(timeout=300)
+        self._client = client or httpx.Client(timeout=300, headers=options.policy_headers())
         self._base_scores: list[float] = []  # base answers scored so far; complete once one per prompt
         self.last: tuple[str, PairedComparison] | None = None
 

@@ -27,7 +27,7 @@ class Replayer:
         self._options = options
         self._watch = watch
         self._on_result = on_result
-        self._client = httpx.Client(timeout=300)
+        self._client = httpx.Client(timeout=300, headers=options.policy_headers())
         self._prompts = replay_prompts()
 
     def run(self, stop: threading.Event) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from shared.datasets.hh_rlhf import prompt_split
-from shared.observability.http import HealthServer
+from shared.observability.http import HealthServer, metrics_server
 
 from .annotators import AnnotatorPool
 from .evaluator import ServedPolicyProbe
@@ -40,7 +41,12 @@ def main(stop: threading.Event) -> None:
         probe = ServedPolicyProbe(options, ORACLES[options.oracle], prompt_split().heldout, metrics, watch=watch)
         workers.append(threading.Thread(target=probe.run, args=(stop,), name="probe"))
     alive = {"workers": lambda: all(w.is_alive() for w in workers)}
-    with HealthServer(registry, settings.http.host, settings.http.port, liveness=alive, readiness=alive):
+    metrics_only = metrics_server(settings.http, registry, alive, alive)
+    with ExitStack() as stack:
+        stack.enter_context(HealthServer(registry, settings.http.host, settings.http.port, liveness=alive,
+                                         readiness=alive, serve_metrics=metrics_only is None))
+        if metrics_only is not None:
+            stack.enter_context(metrics_only)
         for worker in workers:
             worker.start()
         log.info("demo: replay=%s simulated_annotators=%s probe=%s oracle=%s", options.replay,

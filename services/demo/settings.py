@@ -2,13 +2,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from shared.settings import ServiceSettings
 
 
 class DemoOptions(BaseModel):
     policy_url: str = Field(default="http://127.0.0.1:9104/v1", description="the policy server's OpenAI base URL")
+    policy_api_key: SecretStr | None = Field(
+        default=None, description="the policy server's key (`rlhf-loop up` passes the one it serves with)")
     model: str = "rlhf-policy"
     requests_per_s: float = Field(default=0.5, gt=0, description="replayed chat requests per second (at most)")
     candidates: int = Field(default=5, ge=2, le=5, description="n answers asked per prompt (ranked together)")
@@ -27,6 +29,11 @@ class DemoOptions(BaseModel):
     trainer_url: str = Field(default="", description="the trainer's HTTP base URL (for pause_while_training)")
     pause_while_training: bool = Field(
         default=True, description="replay and probe hold while a training run uses the CPU (a laptop has 2 cores)")
+
+
+    def policy_headers(self) -> dict[str, str]:
+        """What every request to the policy server carries."""
+        return {"Authorization": f"Bearer {self.policy_api_key.get_secret_value()}"} if self.policy_api_key else {}
 
 
 class DemoSettings(ServiceSettings):

@@ -16,12 +16,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
+from shared.auth import bearer_dependency
 from shared.bus import EventProducer
 from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, derived_id
 from shared.http_input import BodyLimit
@@ -66,8 +67,15 @@ def create_app(
     producer: EventProducer | None,
     readiness: Checks,
     max_body_bytes: int = 1_000_000,
+    api_key: SecretStr | None = None,
+    serve_metrics: bool = True,
 ) -> FastAPI:
+    """`api_key`: every /v1 route needs it as a bearer token (None: open, for tests and
+    benchmarks that build the app in-process). `serve_metrics`: False when /metrics is
+    served on its own port. The probes are always open."""
     app = FastAPI(title="rlhf-loop policy server", version="1")
+    guard = [Depends(bearer_dependency(api_key, "RLHF_POLICY_SERVER__API_KEY"))] if api_key is not None else []
+    v1 = APIRouter(dependencies=guard)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # type: ignore[arg-type]
 
     def error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -129,9 +137,11 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Any, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), "model" if exc.status_code == 404 else None)
+        response = error(exc.status_code, str(exc.detail), "model" if exc.status_code == 404 else None)
+        response.headers.update(exc.headers or {})  # WWW-Authenticate on a 401
+        return response
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @v1.post("/v1/chat/completions", response_model=None)
     async def chat(request: ChatRequest) -> Any:
         if request.n > max_n:
             return error(400, f"n must be at most {max_n}", "n")
@@ -209,7 +219,7 @@ def create_app(
             yield chunk(completion_id, created, version, index, {}, generation.finish_reason)
         yield "data: [DONE]\n\n"
 
-    @app.get("/v1/models")
+    @v1.get("/v1/models")
     async def models() -> dict[str, Any]:
         shares = router.shares()
         data = [{"id": served_model_name, "object": "model", "owned_by": "rlhf-loop", "versions": shares}]
@@ -217,9 +227,11 @@ def create_app(
                  for v in pool.versions]
         return {"object": "list", "data": data}
 
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    app.include_router(v1)
+    if serve_metrics:
+        @app.get("/metrics")
+        async def prometheus_metrics() -> Response:
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

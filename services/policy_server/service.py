@@ -11,8 +11,10 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from shared.auth import token_or_generated
 from shared.bus import ConsumerLoop, EventProducer
 from shared.bus.admin import ensure_topics
+from shared.observability.http import metrics_server
 from shared.observability.metrics import BusMetrics
 from shared.observability.probes import kafka_reachable, wait_until_reachable
 from shared.topics import MODEL_UPDATES, OUTPUTS
@@ -52,7 +54,8 @@ def main(stop: threading.Event) -> None:
     settings = PolicyServerSettings()
     options = settings.policy_server
     registry = CollectorRegistry()
-    bus_metrics, metrics = BusMetrics.of(registry), PolicyServerMetrics(registry)
+    bus_metrics = BusMetrics.of(registry).declare(options.group_id, [MODEL_UPDATES], [OUTPUTS], options.dead_letter_topic)
+    metrics = PolicyServerMetrics(registry)
     registry_dir = Path(options.registry_dir or Path(settings.data_dir) / "registry")
     pool = PolicyPool(base_model_path(settings))
     router = Router(seed=options.canary_seed)
@@ -77,7 +80,11 @@ def main(stop: threading.Event) -> None:
                          max_tokens_limit=options.max_tokens_limit, max_n=options.max_n,
                          max_body_bytes=options.max_body_bytes,
                          producer=producer if options.capture else None,
-                         readiness={"kafka": kafka_reachable(settings.kafka)})
+                         readiness={"kafka": kafka_reachable(settings.kafka)},
+                         api_key=None if options.auth_disabled else token_or_generated(
+                             options.api_key, Path(settings.data_dir) / "policy-server" / "api-key",
+                             "RLHF_POLICY_SERVER__API_KEY"),
+                         serve_metrics=settings.http.metrics_port is None)
         # Half the grace period for requests in flight to finish; then generation still
         # running is stopped (503) so the process exits before it would be killed.
         drain_s = settings.consumer.shutdown_grace_s / 2
@@ -86,6 +93,10 @@ def main(stop: threading.Event) -> None:
         http = threading.Thread(target=server.run, name="policy-http", daemon=True)
         http.start()
         stack.callback(drain_http, server, http, pool, drain_s)
+        metrics_only = metrics_server(settings.http, registry, liveness={"http": http.is_alive},
+                                      readiness={"kafka": kafka_reachable(settings.kafka)})
+        if metrics_only is not None:
+            stack.enter_context(metrics_only)
         log.info("policy-server: serving %s on :%d", options.served_model_name, settings.http.port)
         loop.run()  # until stop; in-flight HTTP requests finish during uvicorn's graceful shutdown
     log.info("policy-server: stopped cleanly")

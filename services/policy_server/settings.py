@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from shared.settings import ServiceSettings
 
@@ -22,6 +22,10 @@ class PolicyServerOptions(BaseModel):
     canary_fraction: float = Field(
         default=0.1, ge=0, le=1,
         description="share a promoted version found by reconciling with the registry starts with (its event was lost)")
+    api_key: SecretStr | None = Field(
+        default=None, description="bearer key every /v1 request must carry (the OpenAI SDK's api_key), from a "
+        "Secret; unset and auth enabled: one is generated into DATA_DIR/policy-server/api-key (0600)")
+    auth_disabled: bool = Field(default=False, description="serve /v1 without a key (local use only)")
     health_check_prompt: str = "Say hello."
     group_id: str = Field(default_factory=lambda: f"policy-server-{socket.gethostname()}",
                           description="own group per replica: every replica sees every model update")

@@ -7,7 +7,8 @@
 
 Every /v1 route needs `Authorization: Bearer <RLHF_TRAINER__API_TOKEN>` (401
 otherwise): a run starts training on GPUs, a rollback changes what users are served.
-/metrics and the probes stay open. Extends the standard-library HealthServer rather
+/metrics and the probes stay open (/metrics moves to its own port with
+RLHF_HTTP__METRICS_PORT). Extends the standard-library HealthServer rather
 than adding a web framework for four routes.
 """
 
@@ -34,10 +35,11 @@ MAX_BODY_BYTES = 16_384  # {"reason": ..., "version": ...}
 
 class TrainerHttpServer(HealthServer):
     def __init__(self, registry: CollectorRegistry, host: str, port: int, liveness: Checks | None = None,
-                 readiness: Checks | None = None, *, coordinator: RunCoordinator, token: SecretStr) -> None:
+                 readiness: Checks | None = None, *, coordinator: RunCoordinator, token: SecretStr,
+                 serve_metrics: bool = True) -> None:
         self._coordinator = coordinator
         self._token = token
-        super().__init__(registry, host, port, liveness=liveness, readiness=readiness)
+        super().__init__(registry, host, port, liveness=liveness, readiness=readiness, serve_metrics=serve_metrics)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         base: Any = super()._handler_class()

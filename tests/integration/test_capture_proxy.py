@@ -14,7 +14,7 @@ from services.capture.server import AppServer
 from shared.contracts import ModelOutput, output_id_for
 from shared.settings import KafkaSettings
 from shared.topics import Topic
-from tests.capture_support import TOKEN, RunningCapture, capture_settings, running_capture
+from tests.capture_support import AUTH, TOKEN, RunningCapture, capture_settings, running_capture
 from tests.conftest import read_topic, wait_for
 from tests.fake_openai_upstream import UPSTREAM_KEY, answer, create_upstream
 
@@ -23,9 +23,12 @@ pytestmark = pytest.mark.integration
 MESSAGES = [{"role": "developer", "content": "be kind"}, {"role": "user", "content": "hello there"}]
 
 
+UPSTREAM_APP = create_upstream()
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    with AppServer(create_upstream(), "127.0.0.1", 0, log_level="warning", graceful_s=1) as server:
+    with AppServer(UPSTREAM_APP, "127.0.0.1", 0, log_level="warning", graceful_s=1) as server:
         yield f"http://127.0.0.1:{server.port}/v1"
 
 
@@ -36,12 +39,13 @@ def topic(make_topic: Callable[..., Topic]) -> Topic:
 
 @pytest.fixture
 def proxy(kafka: KafkaSettings, topic: Topic, upstream: str) -> Iterator[RunningCapture]:
-    settings = capture_settings(kafka, proxy_upstream_url=upstream, proxy_model_version="policy-v7")
+    settings = capture_settings(kafka, proxy_upstream_url=upstream, proxy_upstream_api_key=UPSTREAM_KEY,
+                                proxy_model_version="policy-v7")
     with running_capture(settings, topic) as running:
         yield running
 
 
-def sdk(base_url: str, api_key: str = UPSTREAM_KEY, **headers: str) -> openai.OpenAI:
+def sdk(base_url: str, api_key: str = TOKEN, **headers: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key, default_headers=headers, max_retries=0)
 
 
@@ -83,30 +87,48 @@ def test_streaming_answer_is_relayed_chunk_by_chunk_and_captured(
     assert wait_for(lambda: proxy.metric("rlhf_capture_events_accepted_total", source="proxy") == 1, 5)
 
 
-def test_upstream_errors_are_passed_through_and_not_captured(
-        proxy: RunningCapture, kafka: KafkaSettings, topic: Topic) -> None:
-    with pytest.raises(openai.AuthenticationError):
-        sdk(proxy.base_url, api_key="wrong").chat.completions.create(model="m", messages=MESSAGES)
-    sdk(proxy.base_url).chat.completions.create(model="m", messages=MESSAGES)
-    assert wait_for(lambda: proxy.metric("rlhf_capture_events_accepted_total", source="proxy") == 1, 5)
+def test_upstream_errors_are_passed_through_and_not_captured(kafka: KafkaSettings, topic: Topic,
+                                                            upstream: str) -> None:
+    settings = capture_settings(kafka, proxy_upstream_url=upstream, proxy_auth="passthrough")
+    with running_capture(settings, topic) as running:
+        with pytest.raises(openai.AuthenticationError):  # the upstream's 401: passthrough checks nothing
+            sdk(running.base_url, api_key="wrong").chat.completions.create(model="m", messages=MESSAGES)
+        sdk(running.base_url, api_key=UPSTREAM_KEY).chat.completions.create(model="m", messages=MESSAGES)
+        assert wait_for(lambda: running.metric("rlhf_capture_events_accepted_total", source="proxy") == 1, 5)
     records = read_topic(kafka, topic.name, expected=2, timeout_s=1.0)
     assert len(records) == 1  # only the successful exchange
 
 
-def test_configured_upstream_key_replaces_the_callers_token(kafka: KafkaSettings, topic: Topic,
-                                                            upstream: str) -> None:
-    settings = capture_settings(kafka, proxy_upstream_url=upstream, proxy_upstream_api_key=UPSTREAM_KEY)
+def test_the_proxy_needs_the_capture_token_and_never_forwards_it(proxy: RunningCapture) -> None:
+    before = len(UPSTREAM_APP.state.requests)
+    with pytest.raises(openai.AuthenticationError):  # our 401: the upstream's key is not the capture token
+        sdk(proxy.base_url, api_key=UPSTREAM_KEY).chat.completions.create(model="m", messages=MESSAGES)
+    assert len(UPSTREAM_APP.state.requests) == before  # refused before anything went upstream
+    completion = sdk(proxy.base_url).chat.completions.create(model="m", messages=MESSAGES)
+    assert completion.choices[0].message.content == answer("hello there", 0)
+    assert UPSTREAM_APP.state.requests[-1]["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_without_an_upstream_key_the_proxy_still_needs_the_capture_token(
+        kafka: KafkaSettings, topic: Topic, upstream: str) -> None:
+    """The review's defect: without `proxy_upstream_api_key` the proxy let anyone through
+    to the upstream. Now it answers 401 itself, and the capture token it checked is not
+    sent upstream (an upstream that wants a key gets none, and says so)."""
+    settings = capture_settings(kafka, proxy_upstream_url=upstream)
     with running_capture(settings, topic) as running:
-        with pytest.raises(openai.AuthenticationError):  # our 401: no capture token
-            sdk(running.base_url, api_key=UPSTREAM_KEY).chat.completions.create(model="m", messages=MESSAGES)
-        completion = sdk(running.base_url, api_key=TOKEN).chat.completions.create(model="m", messages=MESSAGES)
-        assert completion.choices[0].message.content == answer("hello there", 0)
+        before = len(UPSTREAM_APP.state.requests)
+        anonymous = httpx.post(f"{running.base_url}/v1/chat/completions", json={"model": "m", "messages": MESSAGES})
+        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
+        assert len(UPSTREAM_APP.state.requests) == before
+        with pytest.raises(openai.AuthenticationError):  # the upstream's own 401: it got no key
+            sdk(running.base_url).chat.completions.create(model="m", messages=MESSAGES)
+        assert "authorization" not in UPSTREAM_APP.state.requests[-1]
 
 
 def test_unreachable_upstream_is_502(kafka: KafkaSettings, topic: Topic) -> None:
     settings = capture_settings(kafka, proxy_upstream_url="http://127.0.0.1:9/v1")
     with running_capture(settings, topic) as running:
-        response = httpx.post(f"{running.base_url}/v1/chat/completions",
+        response = httpx.post(f"{running.base_url}/v1/chat/completions", headers=AUTH,
                               json={"model": "m", "messages": MESSAGES})
         assert response.status_code == 502
         assert response.json()["error"]["type"] == "upstream_error"

@@ -50,6 +50,34 @@ def test_main_serves_until_stopped(broker: EmbeddedBroker, tmp_path: Path, monke
     assert token not in caplog.text
 
 
+def test_metrics_on_their_own_port_leave_the_api_port_without_them(
+        broker: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RLHF_HTTP__METRICS_PORT: Prometheus' opening reaches /metrics, not the ingest API."""
+    port, metrics_port = free_port(), free_port()
+    for name, value in {"RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers, "RLHF_HTTP__HOST": "127.0.0.1",
+                        "RLHF_HTTP__PORT": str(port), "RLHF_HTTP__METRICS_PORT": str(metrics_port),
+                        "RLHF_DATA_DIR": str(tmp_path), "RLHF_CAPTURE__TOKEN": "t0ken"}.items():
+        monkeypatch.setenv(name, value)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _run(main, stop, errors), daemon=True)
+    thread.start()
+    api, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+    try:
+        assert wait_for(lambda: _status(f"{metrics}/readyz") == 200 and _status(f"{api}/readyz") == 200,
+                        timeout_s=20), errors
+        assert httpx.post(f"{api}/v1/outputs", json=payload("own-port"),
+                          headers={"Authorization": "Bearer t0ken"}).status_code == 202
+        assert _status(f"{api}/metrics") == 404
+        assert 'rlhf_capture_events_accepted_total{source="api"} 1.0' in httpx.get(f"{metrics}/metrics").text
+        assert httpx.post(f"{metrics}/v1/outputs", json=payload("own-port-2"),
+                          headers={"Authorization": "Bearer t0ken"}).status_code >= 400  # no API there
+    finally:
+        stop.set()
+        thread.join(15)
+    assert not thread.is_alive() and not errors
+
+
 def _run(target, stop: threading.Event, errors: list[BaseException]) -> None:  # type: ignore[no-untyped-def]
     try:
         target(stop)

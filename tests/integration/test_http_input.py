@@ -80,7 +80,8 @@ def test_a_deep_structure_built_in_memory_is_refused_without_recursion() -> None
 def capture_url(kafka: KafkaSettings, make_topic: Callable[..., Topic]) -> Iterator[str]:
     upstream = AppServer(create_upstream(), "127.0.0.1", 0, log_level="warning", graceful_s=1)
     with upstream:
-        settings_ = capture_settings(kafka, proxy_upstream_url=f"http://127.0.0.1:{upstream.port}/v1")
+        settings_ = capture_settings(kafka, proxy_upstream_url=f"http://127.0.0.1:{upstream.port}/v1",
+                                     proxy_upstream_api_key=UPSTREAM_KEY)
         with running_capture(settings_, make_topic(ModelOutput, 1)) as running:
             yield running.base_url
 
@@ -123,7 +124,7 @@ def test_nan_in_generation_params_is_422_naming_the_field(capture_url: str) -> N
 def test_the_capture_proxy_answers_hostile_bodies_and_label_headers_with_4xx(capture_url: str) -> None:
     valid = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     bodies = hostile_bodies(valid, id_fields=[["model"]], list_fields=[], number_fields=[["temperature"]])
-    headers = {"Authorization": f"Bearer {UPSTREAM_KEY}", "Content-Type": "application/json"}  # passed through
+    headers = {**AUTH, "Content-Type": "application/json"}
     with httpx.Client(base_url=capture_url, headers=headers, timeout=30) as http:
         post = lambda body: http.post("/v1/chat/completions", content=body)  # noqa: E731
         # Some bodies are valid chat requests the upstream answers: below 500 is the rule.
@@ -140,14 +141,48 @@ def test_the_capture_proxy_answers_hostile_bodies_and_label_headers_with_4xx(cap
 # --- the policy server ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def policy_url(tiny_policy: Path) -> Iterator[str]:
+def policy_pool(tiny_policy: Path) -> PolicyPool:
+    return PolicyPool(tiny_policy)
+
+
+def policy_app(pool: PolicyPool, **options: object) -> AppServer:
     registry = CollectorRegistry()
-    app = create_policy_app(pool=PolicyPool(tiny_policy), router=Router(seed=1),
-                            metrics=PolicyServerMetrics(registry), registry=registry, served_model_name="rlhf-policy",
-                            max_tokens_default=2, max_tokens_limit=4, max_n=2, producer=None, readiness={},
-                            max_body_bytes=200_000)
-    with AppServer(app, "127.0.0.1", 0, log_level="warning", graceful_s=1) as server:
+    app = create_policy_app(pool=pool, router=Router(seed=1), metrics=PolicyServerMetrics(registry),
+                            registry=registry, served_model_name="rlhf-policy", max_tokens_default=2,
+                            max_tokens_limit=4, max_n=2, producer=None, readiness={}, max_body_bytes=200_000,
+                            **options)  # type: ignore[arg-type]
+    return AppServer(app, "127.0.0.1", 0, log_level="warning", graceful_s=1)
+
+
+@pytest.fixture(scope="module")
+def policy_url(policy_pool: PolicyPool) -> Iterator[str]:
+    with policy_app(policy_pool, api_key=SecretStr(POLICY_KEY)) as server:
         yield f"http://127.0.0.1:{server.port}"
+
+
+def test_the_policy_server_without_metrics_on_its_api_port(policy_pool: PolicyPool) -> None:
+    """What RLHF_HTTP__METRICS_PORT sets up: /metrics is served elsewhere, the probes stay."""
+    with policy_app(policy_pool, serve_metrics=False) as server:
+        assert httpx.get(f"http://127.0.0.1:{server.port}/metrics").status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{server.port}/healthz").status_code == 200
+
+
+POLICY_KEY = "policy-api-key"
+POLICY_AUTH = {"Authorization": f"Bearer {POLICY_KEY}"}
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {POLICY_KEY}", "Bearer",
+                                           f"Bearer {POLICY_KEY}x", f"bearer  {POLICY_KEY[:-1]}"])
+def test_the_policy_servers_api_needs_its_key(policy_url: str, authorization: str | None) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    valid = {"model": "rlhf-policy", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    with httpx.Client(base_url=policy_url, headers=headers, timeout=60) as http:
+        for response in (http.post("/v1/chat/completions", json=valid), http.get("/v1/models")):
+            assert response.status_code == 401, response.text
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.json()["error"]["message"].startswith("missing or invalid bearer token")
+        assert http.get("/healthz").status_code == 200 and http.get("/metrics").status_code == 200  # probes open
+        assert http.get("/v1/models", headers=POLICY_AUTH).status_code == 200
 
 
 def test_the_policy_server_answers_hostile_bodies_with_4xx(policy_url: str) -> None:
@@ -155,7 +190,8 @@ def test_the_policy_server_answers_hostile_bodies_with_4xx(policy_url: str) -> N
     bodies = hostile_bodies(valid, id_fields=[["model"], ["user"]],
                             list_fields=[(["messages"], valid["messages"][0])],
                             number_fields=[["temperature"], ["top_p"]])
-    with httpx.Client(base_url=policy_url, headers={"Content-Type": "application/json"}, timeout=60) as http:
+    with httpx.Client(base_url=policy_url, headers={**POLICY_AUTH, "Content-Type": "application/json"},
+                      timeout=60) as http:
         post = lambda body: http.post("/v1/chat/completions", content=body)  # noqa: E731
         assert_all_4xx(post, bodies, allowed_ok=True)
         too_many = {**valid, "messages": valid["messages"] * 501}
