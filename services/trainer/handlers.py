@@ -4,7 +4,8 @@ Storing is the whole effect of a preference or an output (no events out);
 duplicates are ignored by id, so a redelivery is a no-op. A `rolled_back` model
 update moves the registry's promoted pointer back to the last good version, so the
 next run continues from that one (idempotent: a redelivered rollback finds the
-pointer already moved).
+pointer already moved). A `promoted` one is recorded as seen on the topic, which is
+what tells the announcer (announcer.py) that a promotion's event went out.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def make_store_handler(store: PreferenceStore, metrics: TrainerMetrics | None = 
                        ) -> Callable[[Event, ConsumerRecord], Iterable[Outgoing]]:
     def handle(event: Event, record: ConsumerRecord) -> Iterable[Outgoing]:
         if isinstance(event, ModelUpdate):
+            if event.action == "promoted":  # read back from the topic: the announcer's receipt
+                store.mark_announced(event.model_version)
             if event.action == "rolled_back" and registry is not None:
                 if event.model_version not in registry.versions("policy"):
                     raise PoisonMessage(f"model_version: {event.model_version!r} is not in the registry")

@@ -36,6 +36,9 @@ class TrainerMetrics:
         self.stored = Counter("rlhf_trainer_stored_total", "Events stored, by kind and whether new or a duplicate.",
                               ["kind", "result"], registry=registry)
         self.run_active = Gauge("rlhf_trainer_run_active", "1 while a training run is in progress.", registry=registry)
+        self.promotions_reannounced = Counter(
+            "rlhf_trainer_promotions_reannounced_total",
+            "`promoted` events sent again because the topic never showed the promotion's own.", registry=registry)
         self.version = Gauge("rlhf_trainer_model_version_info", "Current model versions (value is always 1).",
                              ["kind", "pointer", "version"], registry=registry)
 

@@ -19,6 +19,7 @@ from shared.observability.metrics import BusMetrics
 from shared.observability.probes import wait_until_reachable
 from shared.topics import Topic
 
+from .announcer import PromotionAnnouncer
 from .api import TrainerHttpServer
 from .executor import Executor, KubernetesJobExecutor, LocalProcessExecutor
 from .handlers import make_store_handler
@@ -72,7 +73,9 @@ def run_service(settings: TrainerSettings, stop: threading.Event, *, registry: C
         stack.callback(coordinator.close, settings.consumer.shutdown_grace_s)
         coordinator.recover()
         trigger = TriggerJob(store, coordinator, settings.trainer, metrics)
-        scheduler = start_scheduler(trigger, settings.trainer.check_interval_s)
+        announcer = PromotionAnnouncer(store, coordinator.registry, coordinator.reporter,
+                                       settings.trainer.canary_fraction, settings.trainer.base_model, metrics)
+        scheduler = start_scheduler(trigger, settings.trainer.check_interval_s, announcer)
         stack.callback(scheduler.shutdown, wait=False)
         api_token = token_or_generated(settings.trainer.api_token, Path(settings.data_dir) / "trainer" / "api-token",
                                        "RLHF_TRAINER__API_TOKEN")

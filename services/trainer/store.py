@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at REAL NOT NULL, finished_at REAL, watermark INTEGER NOT NULL,
     preference_count INTEGER NOT NULL, model_version TEXT, metrics_json TEXT
 );
+CREATE TABLE IF NOT EXISTS announced_promotions (
+    model_version TEXT PRIMARY KEY, seen_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS run_lock (
     id INTEGER PRIMARY KEY CHECK (id = 1), run_id TEXT NOT NULL, pid INTEGER NOT NULL,
     host TEXT NOT NULL, heartbeat_at REAL NOT NULL
@@ -314,6 +317,16 @@ class PreferenceStore:
         return [(r["prompt_hash"], json.loads(r["p"])) for r in rows]
 
     # -- runs -----------------------------------------------------------------------
+
+    # -- promotions seen on rlhf.model-updates (see announcer.py) ----------------------
+
+    def mark_announced(self, model_version: str) -> None:
+        """A `promoted` event for `model_version` is on the topic (idempotent)."""
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO announced_promotions VALUES (?, ?)", (model_version, time.time()))
+
+    def is_announced(self, model_version: str) -> bool:
+        return self._scalar("SELECT COUNT(*) FROM announced_promotions WHERE model_version = ?", model_version) > 0
 
     def create_run(self, run_id: str, trigger: str, watermark: int, preference_count: int) -> None:
         with self._tx() as conn:

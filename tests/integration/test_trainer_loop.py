@@ -15,9 +15,11 @@ import pytest
 import torch
 from kafka.errors import KafkaTimeoutError
 
+from services.trainer.announcer import PromotionAnnouncer
 from services.trainer.evaluate import evaluate_policy
 from services.trainer.features import FeatureCache
 from services.trainer.gates import policy_gate
+from services.trainer.handlers import make_store_handler
 from services.trainer.judge import FoldEnsembleJudge
 from services.trainer.pipeline import TrainingRun
 from services.trainer.policy.base import PolicyData, PolicyTrainConfig, get_optimizer
@@ -27,7 +29,8 @@ from services.trainer.reporting import RunReporter
 from services.trainer.reward_model import accuracy, pair_rows
 from services.trainer.settings import GateThresholds, Hyperparameters, TrainerSettings
 from services.trainer.store import PreferenceStore
-from shared.contracts import Candidate, ChatMessage, Event, ModelUpdate, Preference, preference_id_for
+from shared.contracts import (Candidate, ChatMessage, Event, ModelUpdate, Preference, model_update_id_for,
+                              preference_id_for)
 from shared.models.reward import RewardModel
 from tests.trainer_support import MODEL, TINY_HYPER, make_preference, trainer_settings
 
@@ -234,6 +237,42 @@ def test_a_promotion_the_broker_does_not_acknowledge_is_retried_and_never_fails_
     assert terminal.state == "succeeded" and terminal.model_version == "policy-v0002"  # type: ignore[attr-defined]
     assert terminal.metrics["promotion_announced"] == 0  # type: ignore[attr-defined]
     assert any("policy-v0002" in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+
+
+def test_a_promotion_whose_event_was_lost_is_announced_again_from_the_registry(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    """The pointer is the outbox: the trainer service reads `promoted` events back from
+    the topic, and sends one again for a promoted version the topic never showed (a
+    consumer that only follows events, the vLLM deployer, would never load it), once,
+    and not while a run may still be sending its own."""
+    loop = Loop(tmp_path, tiny_models)
+    broker = UnackedPromotions(loop.events, unacked=1_000)  # the job's tries all fail
+    loop.reporter = RunReporter(loop.store, broker, loop.settings.trainer)
+    loop.add([make_preference(i) for i in range(24)])
+    state, _run = loop.run()
+    assert state == "succeeded" and loop.registry.pointer("policy", "promoted") == "policy-v0001"
+    assert not [e for e in loop.events if isinstance(e, ModelUpdate) and e.action == "promoted"]
+
+    broker.unacked = 0  # the broker is back
+    clock = [0.0]
+    announcer = PromotionAnnouncer(loop.store, loop.registry, loop.reporter, canary_fraction=0.2,
+                                   base_model="unused", grace_s=30, clock=lambda: clock[0])
+    handle = make_store_handler(loop.store, registry=loop.registry)
+    assert announcer.reconcile() is None  # first look: a run's own event may still be on its way
+    loop.store.try_lock("another-run", 60)
+    clock[0] = 31.0
+    assert announcer.reconcile() is None  # a run holds the lock: it may be announcing right now
+    loop.store.release_lock("another-run")
+    assert announcer.reconcile() == "policy-v0001"
+    sent = [e for e in loop.events if isinstance(e, ModelUpdate) and e.action == "promoted"]
+    assert [(e.model_version, e.canary_fraction) for e in sent] == [("policy-v0001", 0.2)]
+    assert sent[0].event_id == model_update_id_for("policy-v0001", "promoted")  # what the job would have sent
+    assert sent[0].adapter_uri == loop.registry.path("policy", "policy-v0001").resolve().as_uri()
+    assert announcer.reconcile() is None  # sent: the consumer gets `grace_s` to read it back
+    handle(sent[0], None)  # the trainer's consumer reads it back from rlhf.model-updates
+    clock[0] = 1_000.0
+    assert announcer.reconcile() is None  # seen on the topic: never sent again
+    assert [e for e in loop.events if isinstance(e, ModelUpdate) and e.action == "promoted"] == sent
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "rloo", "grpo", "dpo"])
