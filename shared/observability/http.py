@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shared.settings import HttpSettings
+
 log = logging.getLogger(__name__)
 
 # name -> check; a check returns True when healthy and must be quick and never raise.
@@ -32,6 +34,16 @@ def run_checks(checks: Checks) -> tuple[bool, dict[str, bool]]:
     return all(results.values()), results
 
 
+def metrics_server(http: HttpSettings, registry: CollectorRegistry, liveness: Checks | None = None,
+                   readiness: Checks | None = None) -> "HealthServer | None":
+    """The /metrics (and probes) server on `http.metrics_port`, not started; None when
+    metrics share the service's main port. Its own port lets Prometheus' network opening
+    (NetworkPolicy, firewall) reach metrics without reaching the service's API."""
+    if http.metrics_port is None:
+        return None
+    return HealthServer(registry, http.host, http.metrics_port, liveness=liveness, readiness=readiness)
+
+
 class HealthServer:
     """Serves the registry's metrics, liveness and readiness on host:port (port 0 picks
     a free one; read `.port` after `start`)."""
@@ -43,8 +55,11 @@ class HealthServer:
         port: int,
         liveness: Checks | None = None,
         readiness: Checks | None = None,
+        *,
+        serve_metrics: bool = True,
     ) -> None:
         self._registry = registry
+        self._serve_metrics = serve_metrics
         self._liveness = dict(liveness or {})
         self._readiness = dict(readiness or {})
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
@@ -78,7 +93,7 @@ class HealthServer:
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                if path == "/metrics" and outer._serve_metrics:
                     self._send(200, generate_latest(outer._registry), CONTENT_TYPE_LATEST)
                 elif path in ("/healthz", "/readyz"):
                     checks = outer._liveness if path == "/healthz" else outer._readiness
