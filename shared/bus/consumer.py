@@ -12,8 +12,9 @@ Failures:
   PoisonMessage (bad JSON, contract violation, handler says so)
       -> dead-letter topic at once, with the reason in headers; the loop goes on.
   DependencyUnavailable (Argilla down, ...)
-      -> seek back to the record, back off, poll again: retried for as long as it
-         takes, never dead-lettered. Polling keeps the group membership alive.
+      -> seek back to the record and pause its partition for a backoff (growing per
+         partition), while the other partitions go on; then resume and retry, for as
+         long as it takes, never dead-lettered. Polling keeps the membership alive.
   any other exception
       -> retried in place with exponential backoff, `max_attempts` in all, then
          dead-lettered with the last error.
@@ -24,6 +25,15 @@ ticker that raises is logged and counted, and asked again at the next tick. Noth
 dependency does ends the loop: only `stop` does.
 Stop (SIGTERM): the record in hand is finished, the rest of the batch is left for
 redelivery, finished work is flushed and committed, then the consumer closes.
+
+Rebalance (another member joins or leaves the group): once the coordinator asks this
+member to rejoin, the batch ends like a stop does (the rest of it is sought back for
+redelivery), finished work is flushed and committed, and the next poll rejoins at
+once instead of after the whole batch. A LoopRebalanceListener (rebalance.py) then
+commits, at revoke, any finished work whose commit had failed, and drops all state of
+partitions no longer owned (retained offsets, pauses, outage counters), so nothing of
+a revoked partition is committed later by this consumer; assigned partitions start
+clean. A lost membership (eviction) drops that state without a commit.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from .codec import decode
 from .dead_letter import dead_letter_headers
 from .errors import DependencyUnavailable, PoisonMessage
 from .producer import EventProducer
+from .rebalance import LoopRebalanceListener, rebalance_requested
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +106,10 @@ class _Retry(Exception):
     """Internal: the record must be redelivered (dependency down, or stopping)."""
 
 
+class _Yield(Exception):
+    """Internal: the group is rebalancing; end the batch, commit, and poll."""
+
+
 class ConsumerLoop:
     def __init__(
         self,
@@ -126,7 +141,13 @@ class ConsumerLoop:
         self._metrics = metrics
         self._stop = stop
         self._consumer = KafkaConsumer(**kafka.consumer_kwargs(group_id))
-        self._consumer.subscribe(list(self._topics))
+        # Per-partition state, dropped when a partition is revoked or lost (see the
+        # listener): finished work whose commit failed, pauses for an outage.
+        self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._resume_at: dict[TopicPartition, float] = {}  # paused for an outage until
+        self._outages: dict[TopicPartition, int] = {}  # consecutive DependencyUnavailable
+        self.rebalance_listener = LoopRebalanceListener(self, self._consumer)
+        self._consumer.subscribe(list(self._topics), listener=self.rebalance_listener)
         self._backoff_until = 0.0
         self._pending: list[FutureRecordMetadata] = []
         self._children: dict[str, tuple[Any, Any]] = {}
@@ -153,20 +174,29 @@ class ConsumerLoop:
         self._wait_backoff()
         if self._stop.is_set():
             return 0
-        batch = self._consumer.poll(timeout_ms=self._settings.poll_timeout_ms)
+        self._resume_due()
+        batch = self._consumer.poll(timeout_ms=self._poll_timeout_ms())
         self.last_poll_monotonic = time.monotonic()
         self._metrics.last_poll.labels(self.group_id).set_to_current_time()
         finished: dict[TopicPartition, OffsetAndMetadata] = {}
         first_offsets: dict[TopicPartition, int] = {}
         handled: list[ConsumerRecord] = []  # what the sink holds, should it fail for good
         count = 0
+        parts = list(batch.items())
         try:
-            for tp, records in batch.items():
+            for index, (tp, records) in enumerate(parts):
                 for record in records:
                     if self._stop.is_set():
                         raise _Retry()
+                    if rebalance_requested(self._consumer):
+                        # Leave this record and everything after it for redelivery
+                        # (to this consumer or the partition's next owner).
+                        self._consumer.seek(tp, record.offset)
+                        for later_tp, later in parts[index + 1:]:
+                            self._consumer.seek(later_tp, later[0].offset)
+                        raise _Yield()
                     try:
-                        self._handle(record)
+                        self._handle(tp, record)
                     except _Retry:
                         # Redeliver this record and the rest of its partition; other
                         # partitions of the batch go on.
@@ -178,6 +208,9 @@ class ConsumerLoop:
                     count += 1
         except _Retry:
             pass  # stopping: what is finished is committed below, the rest redelivered
+        except _Yield:
+            log.info("group %s: rebalancing; ending the batch after %d records to commit and rejoin",
+                     self.group_id, count)
         if not self._flush_sink({tp.topic for tp in first_offsets}, handled):
             for tp, offset in first_offsets.items():
                 self._consumer.seek(tp, offset)
@@ -240,7 +273,7 @@ class ConsumerLoop:
 
     # -- one record ---------------------------------------------------------------
 
-    def _handle(self, record: ConsumerRecord) -> None:
+    def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         topic = self._topics.get(record.topic) or by_name(record.topic)
         labels = (record.topic, self.group_id)
         handler_seconds, consumed = self._hot_metrics(record.topic)
@@ -258,11 +291,11 @@ class ConsumerLoop:
                 break
             except DependencyUnavailable as unavailable:
                 self._metrics.failed.labels(*labels, "dependency_unavailable").inc()
-                self._dependency_failures += 1
-                delay = self._delay(self._dependency_failures)
-                log.warning("dependency unavailable handling %s@%s/%s (%s); retry in %.1fs",
+                outages = self._outages[tp] = self._outages.get(tp, 0) + 1
+                delay = self._delay(outages)
+                log.warning("dependency unavailable handling %s@%s/%s (%s); partition paused, retry in %.1fs",
                             record.topic, record.partition, record.offset, unavailable, delay)
-                self._backoff_until = time.monotonic() + delay
+                self._pause(tp, delay)
                 raise _Retry() from unavailable
             except Exception as error:  # noqa: BLE001 - the loop decides, see docstring
                 self._metrics.failed.labels(*labels, "error").inc()
@@ -280,6 +313,7 @@ class ConsumerLoop:
             finally:
                 handler_seconds.observe(time.perf_counter() - started)
             break
+        self._outages.pop(tp, None)  # this partition's dependency answered again
         consumed.inc()
 
     def _hot_metrics(self, topic: str) -> tuple[Any, Any]:
@@ -323,8 +357,10 @@ class ConsumerLoop:
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
         """Flush what handlers produced, then commit. False when an output was not
-        stored: the batch's inputs are then redelivered, not committed."""
-        if not offsets:
+        stored: the batch's inputs are then redelivered, not committed. Finished work
+        whose commit fails is kept, offered again with the next commit, and committed
+        at the latest when its partition is revoked."""
+        if not offsets and not self._uncommitted:
             return True
         # What handlers produced must be stored before their inputs count as done.
         self._producer.flush()
@@ -337,12 +373,22 @@ class ConsumerLoop:
             log.warning("group %s: %d produced events were not acknowledged (%r); redelivering the batch",
                         self.group_id, len(failed), failed[0].exception)
             return False
+        owned = self._consumer.assignment()
+        # Finished work only ever moves forward; anything of a partition this consumer
+        # no longer owns is not its to commit.
+        merged = {tp: om for tp, om in {**self._uncommitted, **offsets}.items() if tp in owned}
+        self._uncommitted = {}
+        if not merged:
+            return True
         try:
-            self._consumer.commit(offsets)
+            self._consumer.commit(merged)
             self._metrics.commits.labels(self.group_id, "ok").inc()
         except (CommitFailedError, KafkaError) as error:
-            # A rebalance took the partitions away: the new owner redelivers them, and
+            # A rebalance is under way, or took the partitions away: keep the offsets;
+            # they go with the next commit or at revoke (rebalance.py). If the
+            # partitions were lost instead, the new owner redelivers them, and
             # deterministic ids make the repeat harmless.
+            self._uncommitted = merged
             self._metrics.commits.labels(self.group_id, "failed").inc()
             log.warning("commit failed for group %s: %r", self.group_id, error)
         return True
@@ -368,10 +414,64 @@ class ConsumerLoop:
             return
         self._ticker.delivered(outgoing)
 
+    # -- partitions: outage pauses and rebalance state -------------------------------
+
+    def _pause(self, tp: TopicPartition, delay: float) -> None:
+        """Stop fetching `tp` for `delay` (its dependency is down); the rest go on."""
+        self._consumer.pause(tp)
+        self._resume_at[tp] = time.monotonic() + delay
+
+    def _resume_due(self) -> None:
+        if not self._resume_at:
+            return
+        now = time.monotonic()
+        due = [tp for tp, at in self._resume_at.items() if at <= now]
+        for tp in due:
+            del self._resume_at[tp]
+        owned = self._consumer.assignment()
+        if due_owned := [tp for tp in due if tp in owned]:
+            self._consumer.resume(*due_owned)
+
+    def _poll_timeout_ms(self) -> int:
+        """The poll's wait, cut short when a paused partition is due to resume."""
+        timeout = self._settings.poll_timeout_ms
+        if self._resume_at:
+            soonest = min(self._resume_at.values()) - time.monotonic()
+            timeout = max(0, min(timeout, int(soonest * 1000) + 1))
+        return timeout
+
+    def release(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Rebalance listener (kafka-python's IO thread, while this loop's thread waits
+        in poll or close): forget `partitions`, returning their finished uncommitted
+        offsets for a last commit."""
+        released: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp in partitions:
+            if (om := self._uncommitted.pop(tp, None)) is not None:
+                released[tp] = om
+            self._resume_at.pop(tp, None)
+            self._outages.pop(tp, None)
+        return released
+
+    def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """Rebalance listener: `partitions` are (again) this consumer's; they start
+        clean. kafka-python keeps the fetch state (position, paused flag) of a
+        partition it had before and gets back: the position is right (the loop seeks
+        back whatever it left unfinished), a pause is lifted, since its schedule was
+        dropped at revoke (the record is retried at once, backing off anew)."""
+        partitions = set(partitions)
+        for tp in partitions:
+            self._uncommitted.pop(tp, None)
+            self._resume_at.pop(tp, None)
+            self._outages.pop(tp, None)
+        if still_paused := [tp for tp in self._consumer.paused() if tp in partitions]:
+            self._consumer.resume(*still_paused)
+        self._sink_failures = 0
+
     def _delay(self, attempt: int) -> float:
         return min(self._settings.backoff_max_s, self._settings.backoff_initial_s * 2 ** (attempt - 1))
 
     def _wait_backoff(self) -> None:
-        remaining = self._backoff_until - time.monotonic()
-        if remaining > 0:
-            self._stop.wait(remaining)
+        """Sleep out a backoff, but poll at once (to rejoin) if the group rebalances."""
+        while (remaining := self._backoff_until - time.monotonic()) > 0:
+            if self._stop.wait(min(remaining, 0.1)) or rebalance_requested(self._consumer):
+                return
