@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
+from uuid import UUID
 
 import httpx
 from argilla._exceptions import ArgillaAPIError
@@ -147,5 +148,26 @@ class ArgillaRest:
         progress = self._request("GET", f"/api/v1/datasets/{dataset_id}/progress")
         return int((progress or {}).get("pending") or 0)
 
-    def record(self, record_id: str) -> dict[str, Any]:
-        return dict(self._request("GET", f"/api/v1/records/{record_id}", params={"include": "responses"}))
+    def last_activity(self, dataset_id: str) -> str:
+        """The dataset's `last_activity_at`: Argilla moves it on every response created,
+        edited or deleted (a record's own `updated_at` stays put when a response is
+        edited), so an unchanged value means no ranking changed since it was read."""
+        dataset = self._request("GET", f"/api/v1/datasets/{dataset_id}")
+        return str((dataset or {}).get("last_activity_at") or (dataset or {}).get("updated_at"))
+
+    def record(self, record_id: str) -> dict[str, Any] | None:
+        """One record with its responses (and `dataset_id`), or None when Argilla has no
+        such record or refuses it for good (any other 4xx: a hint naming it is dropped,
+        not retried forever). Only a UUID is ever put in the path."""
+        try:
+            path = f"/api/v1/records/{UUID(str(record_id))}"
+        except ValueError:
+            return None
+        try:
+            found = self._request("GET", path, params={"include": "responses"}, http_errors=True)
+        except httpx.HTTPStatusError as error:
+            if is_transient(error.response.status_code):
+                raise DependencyUnavailable(
+                    f"Argilla answered {error.response.status_code} during GET {path}: {error}") from error
+            return None
+        return dict(found) if isinstance(found, dict) else None

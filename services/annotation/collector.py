@@ -7,6 +7,19 @@ acknowledgement, then persist the watermark and the published revisions. A recor
 collected twice (overlap, restart, webhook + poll) yields the same ids, and the state
 stops it from being sent twice in the first place. Records that yield nothing
 (discarded, malformed, not ours) are counted once and marked, never retried.
+
+Edits: when an annotator changes a ranking they already submitted, Argilla moves the
+response's `updated_at` but not the record's (measured on argilla-server 2.8.0), and
+its search can neither filter nor sort by a response's time; so the watermark walk
+never sees an edit of a record behind it. Two ways catch it instead:
+- hints: the records named by verified webhook deliveries (`response.updated`,
+  `record.completed`; see webhooks.py), each re-read by id from Argilla, checked to be
+  a completed record of one of our datasets, and collected like any other;
+- the rescan, which needs no webhook: every `rescan_interval_s`, if the dataset's
+  `last_activity_at` (which Argilla moves on every response change) moved since the
+  last rescan, every completed record updated within `rescan_window_s` is read again.
+A changed ranking is a new revision (new ids, `revision_at` = the edit's time, which
+the trainer's store lets supersede the old pairs); an unchanged one is skipped.
 """
 
 from __future__ import annotations
@@ -14,7 +27,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID
 
 from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
@@ -27,9 +43,13 @@ from .datasets import RankingDatasets
 from .metrics import AnnotationMetrics
 from .preferences import mean_pairwise_agreement, preferences_for
 from .rankings import collect, parse_time
-from .state import CollectorState
+from .state import EPOCH, CollectorState
 
 log = logging.getLogger(__name__)
+
+RESCAN_INTERVAL_S = 300.0  # how often an active dataset's completed records are read again
+RESCAN_WINDOW_S = 7 * 24 * 3600.0  # records completed (or updated) this far back; 0 = all
+MAX_HINTS = 10_000  # record ids from webhooks waiting for the next poll; beyond, the rescan covers
 
 
 class Collector:
@@ -46,6 +66,8 @@ class Collector:
         page_size: int = 200,
         rankings_topic: Topic = RANKINGS,
         preferences_topic: Topic = PREFERENCES,
+        rescan_interval_s: float = RESCAN_INTERVAL_S,
+        rescan_window_s: float = RESCAN_WINDOW_S,
     ) -> None:
         self._datasets = datasets
         self._rest = rest
@@ -58,23 +80,51 @@ class Collector:
         self._rankings_topic = rankings_topic
         self._preferences_topic = preferences_topic
         self._lock = threading.Lock()  # scheduler and webhook paths never interleave
+        self._rescan_interval = rescan_interval_s
+        self._rescan_window = timedelta(seconds=rescan_window_s) if rescan_window_s > 0 else None
+        self._next_rescan: dict[str, float] = {}  # dataset id -> monotonic time; absent = due now
+        self._rescanned_activity: dict[str, str] = {}  # dataset id -> last_activity_at at its last rescan
+        self._hints: set[str] = set()
+        self._hints_lock = threading.Lock()
+
+    def hint(self, record_ids: Iterable[str]) -> None:
+        """Records to read again by id on the next poll (from webhook deliveries). Only
+        ids are kept, and only UUIDs: what a record holds is always read from Argilla."""
+        with self._hints_lock:
+            for record_id in record_ids:
+                try:
+                    normalised = str(UUID(str(record_id)))
+                except ValueError:
+                    continue
+                if len(self._hints) >= MAX_HINTS:
+                    log.warning("more than %d records hinted by webhooks; the rescan will find the rest", MAX_HINTS)
+                    self._next_rescan.clear()
+                    break
+                self._hints.add(normalised)
 
     def poll(self) -> int:
-        """One pass over every ranking dataset; returns how many rankings it published.
-        Raises DependencyUnavailable (Argilla) or KafkaError (broker): nothing is marked
-        then, so the next poll does the same work again."""
+        """One pass: the hinted records, then every ranking dataset's new records and,
+        when due, its rescan; returns how many rankings it published. Raises
+        DependencyUnavailable (Argilla) or KafkaError (broker): nothing is marked then
+        (hints are kept), so the next poll does the same work again."""
         with self._lock:
             published = pending = 0
-            for dataset in self._datasets.existing().values():
-                published += self._poll_dataset(dataset.name, str(dataset.id))
-                pending += self._rest.pending_count(str(dataset.id))
+            datasets = {str(d.id): d.name for d in self._datasets.existing().values()}
+            published += self._collect_hinted(datasets)
+            for dataset_id, name in datasets.items():
+                published += self._poll_dataset(name, dataset_id)
+                published += self._rescan_if_due(name, dataset_id)
+                pending += self._rest.pending_count(dataset_id)
             self._metrics.pending.set(pending)
             self._metrics.last_poll.set(time.time())
             return published
 
-    def poll_safely(self) -> None:
-        """The scheduled job: an outage is logged and counted, the next poll retries."""
+    def poll_safely(self, hinted: Callable[[], Iterable[str]] | None = None) -> None:
+        """The scheduled job: an outage is logged and counted, the next poll retries.
+        `hinted`: where the record ids of webhook deliveries are taken from (jobs.py)."""
         try:
+            if hinted is not None:
+                self.hint(hinted())
             self.poll()
         except (DependencyUnavailable, KafkaError) as error:
             self._metrics.poll_errors.inc()
@@ -82,15 +132,57 @@ class Collector:
 
     def _poll_dataset(self, name: str, dataset_id: str) -> int:
         watermark = self._state.watermark(name)
-        newest: datetime = watermark
+        records = self._rest.completed_since(dataset_id, watermark - self._overlap, self._page_size)
+        return self._collect(name, records, watermark)
+
+    def _collect_hinted(self, datasets: dict[str, str]) -> int:
+        """The records webhooks named, each read again from Argilla: collected only if
+        it is a completed record of one of our datasets (a delivery says which record
+        to look at, never what it holds). Never moves a watermark."""
+        with self._hints_lock:
+            record_ids = sorted(self._hints)
+        published = 0
+        for record_id in record_ids:
+            record = self._rest.record(record_id)
+            name = datasets.get(str((record or {}).get("dataset_id")))
+            if record is not None and name is not None and record.get("status") == "completed":
+                published += self._collect(name, [record])
+            with self._hints_lock:
+                self._hints.discard(record_id)
+        return published
+
+    def _rescan_if_due(self, name: str, dataset_id: str) -> int:
+        """Read the dataset's recent completed records again, if the rescan is due and
+        the dataset saw any response activity since the last one. The activity is read
+        before the walk: a change during the walk triggers the next rescan."""
+        now = time.monotonic()
+        if now < self._next_rescan.get(dataset_id, 0.0):
+            return 0
+        activity = self._rest.last_activity(dataset_id)
+        published = 0
+        if activity != self._rescanned_activity.get(dataset_id):
+            cutoff = EPOCH if self._rescan_window is None else datetime.now(timezone.utc) - self._rescan_window
+            published = self._collect(name, self._rest.completed_since(dataset_id, cutoff, self._page_size))
+            self._rescanned_activity[dataset_id] = activity
+            if published:
+                log.info("rescan of %s found %d revised rankings", name, published)
+        self._next_rescan[dataset_id] = now + self._rescan_interval
+        return published
+
+    def _collect(self, name: str, records: Iterable[dict[str, Any]], watermark: datetime | None = None) -> int:
+        """Publish the records not yet published at their revision. `watermark`: this is
+        the incremental walk that started there (in (updated_at, id) order), so the
+        newest time it saw becomes the new watermark; None leaves it alone."""
+        newest = watermark
         done: list[tuple[str, str]] = []
         futures: list[FutureRecordMetadata] = []
         rankings = 0
         seen: set[tuple[str, str]] = set()
-        for record in self._rest.completed_since(dataset_id, watermark - self._overlap, self._page_size):
-            # The walk returns every record in (updated_at, id) order, so the newest time
-            # it saw is a safe watermark: nothing at or before it was left behind.
-            newest = max(newest, parse_time(str(record.get("updated_at") or record["inserted_at"])))
+        for record in records:
+            if newest is not None:
+                # The walk returns every record in (updated_at, id) order, so the newest
+                # time it saw is a safe watermark: nothing at or before it was left behind.
+                newest = max(newest, parse_time(str(record.get("updated_at") or record["inserted_at"])))
             collected = collect(record, self._version)
             key = (collected.record_id, collected.revision)
             # a record updated during the walk comes again at its new place; the same
@@ -114,9 +206,11 @@ class Collector:
             self._producer.flush()
             for future in futures:
                 future.get(timeout=30)  # raises KafkaError if the broker did not take it
-        if done or newest > watermark:
-            self._state.mark(name, done, newest)
-            self._metrics.watermark.set(newest.timestamp())
+        moved = newest is not None and watermark is not None and newest > watermark
+        if done or moved:
+            self._state.mark(name, done, newest if moved else None)
+            if moved:
+                self._metrics.watermark.set(newest.timestamp())  # type: ignore[union-attr]
         if rankings:
             log.info("collected %d rankings from %s", rankings, name)
         return rankings

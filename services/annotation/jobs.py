@@ -42,7 +42,12 @@ def collect_now(scheduler: BackgroundScheduler) -> None:
 def schedule_webhook_registration(scheduler: BackgroundScheduler, datasets: RankingDatasets,
                                   listener: WebhookListener, url: str, retry_s: float = 30.0) -> None:
     """Register the webhook in Argilla now, and retry until it works (Argilla may be
-    down at start; polling covers the meantime)."""
+    down at start; polling covers the meantime). The collect job takes the records the
+    listener heard about at the start of every run (an edited ranking is found only so,
+    or by the collector's rescan)."""
+    job = scheduler.get_job(COLLECT_JOB)
+    if job is not None:
+        job.modify(kwargs={**job.kwargs, "hinted": listener.take_records})
 
     def register() -> None:
         try:

@@ -111,7 +111,8 @@ def main(stop: threading.Event, settings: AnnotationSettings | None = None,
         state = CollectorState(Path(settings.data_dir) / "annotation" / "collector.sqlite")
         stack.callback(state.close)
         collector = Collector(datasets, rest, producer, state, metrics, guideline_version=options.version,
-                              overlap_s=options.poll_overlap_s, page_size=options.page_size)
+                              overlap_s=options.poll_overlap_s, page_size=options.page_size,
+                              rescan_interval_s=options.rescan_interval_s, rescan_window_s=options.rescan_window_s)
         scheduler = start_collector_schedule(collector, options.poll_interval_s)
         stack.callback(scheduler.shutdown, wait=True)
         argilla_up = argilla_probe(endpoint, metrics)

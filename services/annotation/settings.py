@@ -33,6 +33,14 @@ class AnnotationOptions(BaseModel):
     poll_overlap_s: float = Field(
         default=10.0, ge=0, description="re-read this far behind the watermark (clock skew, late commits)"
     )
+    rescan_interval_s: float = Field(
+        default=300.0, ge=0,
+        description="re-read completed records this often (when the dataset saw activity): catches edited "
+                    "rankings without webhooks (Argilla keeps an edited record's updated_at)",
+    )
+    rescan_window_s: float = Field(
+        default=7 * 24 * 3600.0, ge=0, description="the rescan reads records updated this far back; 0 = all",
+    )
     page_size: int = Field(default=200, ge=1, le=1000)
     request_timeout_s: float = Field(default=15.0, gt=0)
     webhooks: bool = Field(default=True, description="receive Argilla webhooks to collect within ~1 s of a submit")

@@ -2,7 +2,8 @@
 
 A small SQLite file under the data dir. The watermark bounds each poll (records
 updated since it, minus an overlap); the published table makes the overlap harmless:
-a record is published again only when its responses changed (a new revision). Both
+a record is published again only when its responses changed (a new revision: an
+edit, found by a webhook or the rescan, see collector.py). Both
 are written only after the broker acknowledged the events, so a crash in between
 re-publishes (same deterministic ids, dropped downstream) instead of losing.
 """
@@ -39,8 +40,10 @@ class CollectorState:
             row = self._db.execute("SELECT revision FROM published WHERE record_id = ?", (record_id,)).fetchone()
         return row is not None and row[0] == revision
 
-    def mark(self, dataset: str, published: list[tuple[str, str]], watermark: datetime) -> None:
-        """Record what was published and move the watermark forward, in one transaction."""
+    def mark(self, dataset: str, published: list[tuple[str, str]], watermark: datetime | None) -> None:
+        """Record what was published and move the watermark forward, in one transaction.
+        `watermark` None: leave it (records read by id or by a rescan say nothing about
+        what an incremental walk has seen)."""
         now = datetime.now(timezone.utc).isoformat()
         with self._lock:
             self._db.execute("BEGIN")
@@ -51,11 +54,12 @@ class CollectorState:
                     "published_at = excluded.published_at",
                     [(rid, rev, now) for rid, rev in published],
                 )
-                self._db.execute(
-                    "INSERT INTO watermark (dataset, updated_at) VALUES (?, ?) "
-                    "ON CONFLICT(dataset) DO UPDATE SET updated_at = MAX(updated_at, excluded.updated_at)",
-                    (dataset, watermark.astimezone(timezone.utc).isoformat()),
-                )
+                if watermark is not None:
+                    self._db.execute(
+                        "INSERT INTO watermark (dataset, updated_at) VALUES (?, ?) "
+                        "ON CONFLICT(dataset) DO UPDATE SET updated_at = MAX(updated_at, excluded.updated_at)",
+                        (dataset, watermark.astimezone(timezone.utc).isoformat()),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

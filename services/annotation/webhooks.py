@@ -1,10 +1,15 @@
 """Argilla webhooks as a "collect now" signal: the poll, but seconds sooner.
 
-Argilla (through its rq worker) POSTs `record.completed` and `response.created`
-events here, signed the Standard Webhooks way (HMAC-SHA256 over "id.timestamp.body"
-with the webhook's secret). A verified delivery wakes the collector's scheduled job at
-once; the collector then reads records exactly as a poll does, so a lost, duplicated
-or reordered delivery changes nothing but latency, and the body is never trusted.
+Argilla (through its rq worker) POSTs `record.completed`, `response.created` and
+`response.updated` events here, signed the Standard Webhooks way (HMAC-SHA256 over
+"id.timestamp.body" with the webhook's secret). A verified delivery wakes the
+collector's scheduled job at once, and the record it names (a record event's `id`, a
+response event's `record.id`) is handed to that job as a hint: an edited ranking's
+record keeps its old `updated_at`, so the poll's walk alone would not find it. The
+collector reads the hinted record again from Argilla, so only the id of a verified
+delivery is used, never what the body says about the record; a lost, duplicated or
+reordered delivery changes nothing but latency (the collector's rescan covers a lost
+one).
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from uuid import UUID
 
 import argilla as rg
 
@@ -25,10 +33,13 @@ from shared.http_input import InputRejected, read_capped
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/argilla"
-EVENTS = ["record.completed", "response.created"]
+# On an edit of a submitted response Argilla sends `response.updated`, `record.updated`
+# and `record.completed` (measured, argilla-server 2.8.0); two of them are enough.
+EVENTS = ["record.completed", "response.created", "response.updated"]
 MAX_SKEW_S = 300  # Standard Webhooks' replay window
 MAX_BODY_BYTES = 1_000_000  # Argilla's event bodies are a record or a response: kilobytes
 SOCKET_TIMEOUT_S = 10.0
+MAX_PENDING_RECORDS = 10_000  # hinted ids not yet taken by the collector; beyond, the rescan covers
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None = None) -> bool:
@@ -49,6 +60,23 @@ def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None 
         if version == "v1" and hmac.compare_digest(signature.encode("utf-8", "replace"), expected.encode()):
             return True
     return False
+
+
+def record_id_of(body: bytes) -> str | None:
+    """The record a (verified) delivery is about, as a UUID string; None for anything
+    else. Record events carry the record as `data`, response events as `data.record`."""
+    try:
+        event = json.loads(body)
+        kind, data = str(event["type"]), event["data"]
+        if kind.startswith("record."):
+            raw: Any = data["id"]
+        elif kind.startswith("response."):
+            raw = data["record"]["id"]
+        else:
+            return None
+        return str(UUID(str(raw)))
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
 
 
 DESCRIPTION = "rlhf-loop annotation collector"
@@ -74,11 +102,13 @@ def register_webhook(client: rg.Argilla, url: str) -> str:
 
 class WebhookListener:
     """A stdlib HTTP server on its own thread; `on_event` must be quick (it only wakes
-    the scheduler)."""
+    the scheduler). The records verified deliveries name wait in `take_records`."""
 
     def __init__(self, host: str, port: int, on_event: Callable[[], None]) -> None:
         self.secret: str | None = None
         self._on_event = on_event
+        self._records: set[str] = set()
+        self._records_lock = threading.Lock()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="webhooks", daemon=True)
@@ -87,6 +117,20 @@ class WebhookListener:
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    def take_records(self) -> list[str]:
+        """The record ids named by verified deliveries since the last call."""
+        with self._records_lock:
+            taken, self._records = sorted(self._records), set()
+        return taken
+
+    def _remember(self, body: bytes) -> None:
+        record_id = record_id_of(body)
+        if record_id is None:
+            return
+        with self._records_lock:
+            if len(self._records) < MAX_PENDING_RECORDS:
+                self._records.add(record_id)
 
     def start(self) -> "WebhookListener":
         self._thread.start()
@@ -117,6 +161,7 @@ class WebhookListener:
                     self._send(401)
                 else:
                     outer.received += 1
+                    outer._remember(body)
                     outer._on_event()
                     self._send(204)
 
