@@ -1,9 +1,10 @@
 """Model-update events -> loaded adapters and routes, reconciled with the registry.
 
-The registry's promoted pointer (services/trainer/registry.py) is the truth; events
-only say that it may have changed. Each replica has its own consumer group reading
-from the earliest offset, so a new pod replays every update still retained: acting
-on each `promoted` event would make every older version the canary in turn.
+The registry's promoted pointer, read through shared/registry_reader.py (the reader
+every service shares with the trainer), is the truth; events only say that it may
+have changed. Each replica has its own consumer group reading from the earliest
+offset, so a new pod replays every update still retained: acting on each `promoted`
+event would make every older version the canary in turn.
 
 promoted    -> reconcile: only the version the registry promotes now is started,
                with the event's `canary_fraction` (1.0 = all). A replayed event for
@@ -30,9 +31,9 @@ from urllib.parse import unquote, urlparse
 
 from kafka.consumer.fetcher import ConsumerRecord
 
-from services.trainer.registry import ModelRegistry, version_number
 from shared.bus import DependencyUnavailable, Outgoing, PoisonMessage
 from shared.contracts import Event, ModelUpdate
+from shared.registry_reader import RegistryReader, version_number
 
 from .metrics import PolicyServerMetrics
 from .models import BASE_VERSION, PolicyPool
@@ -46,7 +47,7 @@ class VersionManager:
                  health_prompt: str, graduate_after_s: float, canary_fraction: float = 0.1) -> None:
         self._pool = pool
         self._router = router
-        self._registry = ModelRegistry(registry_dir, create=False)  # mounted read-only
+        self._registry = RegistryReader(registry_dir)  # mounted read-only; never written here
         self._metrics = metrics
         self._health_prompt = health_prompt
         self._graduate_after_s = graduate_after_s

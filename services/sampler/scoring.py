@@ -29,9 +29,12 @@ def prompt_text(output: ModelOutput) -> str:
 
 
 def prompt_messages(output: ModelOutput) -> list[dict[str, str]]:
-    """The conversation the answers reply to, as chat messages (what a reward model renders)."""
-    messages = [{"role": m.role, "content": m.content} for m in output.conversation]
-    return messages[:-1] if len(messages) > 1 and messages[-1]["role"] == "assistant" else messages
+    """The prompt the reward model scores the answers against: the whole conversation,
+    as chat messages. That is what the ranking task carries as its prompt, so what its
+    preference carries and what the trainer trains the reward model on; dropping any
+    of it (a trailing assistant turn, say) would give a margin on text the model never
+    saw."""
+    return [{"role": m.role, "content": m.content} for m in output.conversation]
 
 
 def normalized_prompt_hash(output: ModelOutput) -> str:

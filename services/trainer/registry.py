@@ -11,29 +11,30 @@
 A version appears by one `os.rename` of a complete staging directory (manifest
 written last, everything fsynced), so a crash leaves either nothing or a whole
 model. Pointers are small JSON files replaced with `os.replace`.
+
+This module is the only writer. Reading (pointers, completeness, manifests) lives
+in shared/registry_reader.py, which every service reads through; `ModelRegistry`
+extends it, so the trainer reads exactly as the sampler and the policy server do.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["reward", "policy"]
-PREFIX: dict[str, str] = {"reward": "rm", "policy": "policy"}
-MANIFEST = "manifest.json"
+from shared.registry_reader import (
+    MANIFEST,
+    PREFIX,
+    Kind,
+    RegistryReader,
+    version_number,
+)
 
-
-def version_number(kind: Kind, name: str) -> int | None:
-    """The number in a version name as `next_version` writes it (`policy-v0003` -> 3);
-    None for anything else, so a name from outside (an event) can be refused before it
-    is ever used as a path."""
-    match = re.fullmatch(rf"{PREFIX[kind]}-v(\d{{4,}})", name)
-    return int(match.group(1)) if match else None
+__all__ = ["MANIFEST", "PREFIX", "Kind", "ModelRegistry", "version_number", "write_json_atomic"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -65,62 +66,17 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     _fsync_dir(path.parent)  # the replace itself survives a crash
 
 
-class ModelRegistry:
+class ModelRegistry(RegistryReader):
     def __init__(self, root: str | Path, create: bool = True) -> None:
-        """`create=False` for readers (the policy server mounts the registry read-only,
-        and may start before the trainer ever wrote it)."""
-        self.root = Path(root)
+        """`create=False` for a writer that must not create the layout yet (readers
+        use shared.registry_reader.RegistryReader, which never writes)."""
+        super().__init__(root)
         self.staging_root = self.root / ".staging"
         if not create:
             return
         for kind in PREFIX:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
         self.staging_root.mkdir(parents=True, exist_ok=True)
-
-    # -- reading ----------------------------------------------------------------------
-
-    def versions(self, kind: Kind) -> list[str]:
-        """Complete versions, oldest first (a directory counts only with its manifest)."""
-        pattern = re.compile(rf"^{PREFIX[kind]}-v(\d+)$")
-        found = [(int(m.group(1)), p.name) for p in (self.root / kind).iterdir()
-                 if (m := pattern.match(p.name)) and (p / MANIFEST).is_file()]
-        return [name for _n, name in sorted(found)]
-
-    def path(self, kind: Kind, version: str) -> Path:
-        return self.root / kind / version
-
-    def complete(self, kind: Kind, version: str) -> bool:
-        """A published version: its directory holds the manifest (written last)."""
-        return (self.path(kind, version) / MANIFEST).is_file()
-
-    def manifest(self, kind: Kind, version: str) -> dict[str, Any]:
-        return dict(json.loads((self.path(kind, version) / MANIFEST).read_text()))
-
-    def pointer(self, kind: Kind, name: Literal["latest", "promoted"]) -> str | None:
-        file = self.root / kind / f"{name}.json"
-        if not file.is_file():
-            return None
-        version = json.loads(file.read_text()).get("version")
-        return version if version and self.complete(kind, version) else None
-
-    def trained_upto(self, kind: Kind, version: str) -> int:
-        """The highest preference `seq` the version was trained on (0 if unknown):
-        preferences above it are data the version has never seen."""
-        seq_range = (self.manifest(kind, version).get("preferences") or {}).get("seq_range")
-        return int(seq_range[1]) if seq_range else 0
-
-    def last_good(self, kind: Kind, version: str) -> str | None:
-        """What a rollback of `version` returns to: its parent (the version promoted
-        before it), skipping any that were rolled back themselves."""
-        rolled_back = set(self.rolled_back(kind))
-        parent = self.manifest(kind, version).get("parent_version")
-        while parent and parent in rolled_back:
-            parent = self.manifest(kind, parent).get("parent_version")
-        return parent
-
-    def rolled_back(self, kind: Kind) -> list[str]:
-        file = self.root / kind / "rolled_back.json"
-        return list(json.loads(file.read_text()).get("versions", [])) if file.is_file() else []
 
     # -- writing ----------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.models.reward import RewardModel, load_tokenizer, read_head
+from shared.models.reward import RewardModel, load_tokenizer, read_head, write_rendering
 
 from .bradley_terry import fit_head, pair_accuracy
 from .features import FeatureCache, features_for
@@ -136,6 +136,7 @@ def train_finetuned(prefs: Sequence[PreferenceRow], config: RewardModelConfig) -
     trainer.save_model(str(config.output_dir))
     tok.padding_side = "left"
     tok.save_pretrained(str(config.output_dir))
+    write_rendering(config.output_dir, config.max_length)  # readers render at the cap it trained at
     _drop_trainer_leftovers(config.output_dir)
     del trainer, model
     return RewardModelResult(pairs=len(prefs), train_loss=float(output.training_loss), seconds=seconds)

@@ -17,6 +17,12 @@ Two formats on disk, one interface (`RewardModel.load`):
   milliseconds per cycle, and it shares the policy's tokenizer, as PPO requires.
 - **finetune**: a complete `AutoModelForSequenceClassification` directory (TRL's
   `RewardTrainer`), for data sizes where training the backbone pays off.
+
+The rendering is fixed by the code (chat template of the version's tokenizer, start
+dropped over the cap, EOS last) except for its token cap, which is a trainer
+setting. So each version records the cap it was trained at (`rendering.json`) and
+`RewardModel.load` renders at that cap unless told otherwise: a reader with its own
+default would cut long conversations elsewhere and score text the model never saw.
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.registry_reader import MANIFEST
+
 HEAD_WEIGHTS = "reward_head.safetensors"
 HEAD_CONFIG = "reward_head.json"
+RENDERING = "rendering.json"
+DEFAULT_MAX_LENGTH = 256  # the trainer's default cap; only for a model that records none
 
 Prompt = Sequence[dict[str, str]]
 
@@ -55,6 +65,27 @@ def render(tokenizer: Any, prompt: Prompt, answer: str, max_length: int) -> list
                                                return_dict=False)
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     return [*(list(prompt_ids) + answer_ids)[-(max_length - 1):], tokenizer.eos_token_id]
+
+
+def write_rendering(directory: str | Path, max_length: int) -> None:
+    """Record the token cap a version is trained at, beside its weights (the registry
+    fsyncs the whole directory before publishing it)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / RENDERING).write_text(json.dumps({"max_length": int(max_length)}))
+
+
+def recorded_max_length(path: str | Path) -> int | None:
+    """The token cap `path` was trained at: its `rendering.json`, else the trainer's
+    hyperparameters in its registry manifest (versions published before the file
+    existed); None when neither says."""
+    path = Path(path)
+    if (path / RENDERING).is_file():
+        return int(json.loads((path / RENDERING).read_text())["max_length"])
+    if (path / MANIFEST).is_file():
+        hyper = json.loads((path / MANIFEST).read_text()).get("hyperparameters") or {}
+        if hyper.get("max_length"):
+            return int(hyper["max_length"])
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,7 +131,7 @@ def backbone_of(classifier: Any) -> Any:
 class RewardModel:
     """Scores answers; `features` exposes the last-token states the head reads."""
 
-    def __init__(self, classifier: Any, tokenizer: Any, *, max_length: int = 512, device: str = "cpu",
+    def __init__(self, classifier: Any, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH, device: str = "cpu",
                  head: HeadConfig | None = None, version: str | None = None) -> None:
         classifier.config.pad_token_id = tokenizer.pad_token_id
         self.classifier = classifier.to(device).eval()
@@ -111,8 +142,12 @@ class RewardModel:
         self.version = version
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", max_length: int = 512) -> "RewardModel":
+    def load(cls, path: str | Path, device: str = "cpu", max_length: int | None = None) -> "RewardModel":
+        """A saved version, rendering at `max_length` or, when None, at the cap it was
+        trained at (`recorded_max_length`)."""
         path = Path(path)
+        if max_length is None:
+            max_length = recorded_max_length(path) or DEFAULT_MAX_LENGTH
         if (path / HEAD_CONFIG).is_file():
             from safetensors.torch import load_file
 
@@ -129,7 +164,7 @@ class RewardModel:
 
     @classmethod
     def frozen_backbone(cls, backbone: str | Path, layers: int = 0, device: str = "cpu",
-                        max_length: int = 512) -> "RewardModel":
+                        max_length: int = DEFAULT_MAX_LENGTH) -> "RewardModel":
         """The backbone with a zero head: for extracting features to train a head on."""
         classifier = load_classifier(backbone, layers)
         classifier.score.weight.data.zero_()
@@ -184,11 +219,13 @@ class RewardModel:
         return self.classifier.score.weight.detach().reshape(-1).float().cpu()
 
     def save_head(self, directory: Path, weight) -> None:  # type: ignore[no-untyped-def]
-        """Write a head-format version: `weight` is the (hidden_size,) head vector."""
+        """Write a head-format version: `weight` is the (hidden_size,) head vector, fit
+        on features rendered at this model's `max_length` (recorded with it)."""
         from safetensors.torch import save_file
 
         assert self.head is not None, "only a frozen-backbone model has a head to save"
         directory.mkdir(parents=True, exist_ok=True)
         save_file({"weight": weight.reshape(1, -1).contiguous().float()}, str(directory / HEAD_WEIGHTS))
         (directory / HEAD_CONFIG).write_text(json.dumps(asdict(self.head), indent=2))
+        write_rendering(directory, self.max_length)
         self.classifier.score.weight.data.copy_(weight.reshape(self.classifier.score.weight.shape))

@@ -1,21 +1,25 @@
 """Scores candidates with the promoted reward model, reloaded when the registry moves:
 the sampler's uncertainty rule and the annotation service's suggestions use it.
 
-The model comes from the trainer's registry and is read exactly as the trainer reads
-it (shared.models.reward: the same rendering of prompt + answer, the same head), so
-a margin here is a margin the trainer would see. Until the trainer has published one
-the scorer answers None and the rule falls back to its `fallback_rate`. A new version
-is picked up when the registry pointer changes (checked at most every `refresh_s`).
+The model comes from the trainer's registry, found through the reader every service
+shares (shared.registry_reader: the same pointer, the same test for a complete
+version), and is read exactly as the trainer reads it (shared.models.reward: the same
+rendering of prompt + answer at the token cap the version was trained at, the same
+head), so a margin here is a difference of scores the trainer would compute. Until
+the trainer has promoted one the scorer answers None and the rule falls back to its
+`fallback_rate`. A new version is picked up when the registry pointer changes
+(checked at most every `refresh_s`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from shared.registry_reader import Pointer, RegistryReader
 
 from .reward import RewardModel, is_reward_model
 
@@ -27,7 +31,10 @@ Prompt = Sequence[dict[str, str]]
 
 
 class RewardScorer:
-    def __init__(self, locate: ModelLocator, refresh_s: float = 30.0, max_length: int = 256) -> None:
+    """`max_length` None (the default): render at the cap the loaded version was
+    trained at; a number overrides it (benchmarks only: it scores other text)."""
+
+    def __init__(self, locate: ModelLocator, refresh_s: float = 30.0, max_length: int | None = None) -> None:
         self._locate = locate
         self._refresh_s = refresh_s
         self._max_length = max_length
@@ -70,17 +77,13 @@ def directory_locator(directory: str | None) -> ModelLocator:
     return lambda: path if path is not None and is_reward_model(path) else None
 
 
-def registry_locator(registry_dir: str | Path, pointer: str = "promoted") -> ModelLocator:
-    """The trainer registry's promoted reward model (`reward/<pointer>.json` names the
-    version directory); None until the trainer has promoted one."""
-    root = Path(registry_dir) / "reward"
+def registry_locator(registry_dir: str | Path, pointer: Pointer = "promoted") -> ModelLocator:
+    """The trainer registry's promoted reward model; None until the trainer has
+    promoted one (or while the pointer names nothing complete)."""
+    reader = RegistryReader(registry_dir)
 
     def locate() -> Path | None:
-        pointer_file = root / f"{pointer}.json"
-        if not pointer_file.exists():
-            return None
-        version = json.loads(pointer_file.read_text())["version"]
-        path = root / version
-        return path if (path / "manifest.json").exists() and is_reward_model(path) else None
+        path = reader.pointed_path("reward", pointer)
+        return path if path is not None and is_reward_model(path) else None
 
     return locate
