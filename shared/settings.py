@@ -13,14 +13,16 @@ join near 3 s; raise it on a busy production cluster if rebalances flap.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BASE_MODEL_NAME = "smollm2-135m-instruct"
 ENV_PREFIX = "RLHF_"
+KAFKA_ENV = ENV_PREFIX + "KAFKA__"
 
 
 class KafkaSettings(BaseModel):
@@ -50,6 +52,36 @@ class KafkaSettings(BaseModel):
     batch_size: int = Field(default=262_144, ge=1024)
     max_request_size: int = Field(default=4_194_304, ge=1024)
     delivery_timeout_ms: int = Field(default=120_000, ge=1000)
+
+    @field_validator("ssl_cafile")
+    @classmethod
+    def _cafile_is_a_readable_ca(cls, cafile: str | None, info: ValidationInfo) -> str | None:
+        """Where TLS is used, a CA file that is missing or not PEM fails at start, naming
+        the variable, instead of as a handshake error on the first connection."""
+        if not cafile or info.data.get("security_protocol") not in ("SSL", "SASL_SSL"):
+            return cafile
+        var = f"{KAFKA_ENV}SSL_CAFILE"
+        if not Path(cafile).is_file():
+            raise ValueError(f"{var}={cafile}: no such file (mount the Kafka cluster's CA certificate there, "
+                             "e.g. ca.crt of Strimzi's <cluster>-cluster-ca-cert Secret)")
+        try:
+            ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(f"{var}={cafile}: not a readable PEM CA certificate ({error})") from None
+        return cafile
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> KafkaSettings:
+        """A SASL protocol without its mechanism or credentials is named at start (kafka-python
+        would only fail on the first connection)."""
+        if self.security_protocol.startswith("SASL_"):
+            password = self.sasl_password.get_secret_value() if self.sasl_password else ""
+            given = {"SASL_MECHANISM": self.sasl_mechanism, "SASL_USERNAME": self.sasl_username,
+                     "SASL_PASSWORD": password}
+            missing = [KAFKA_ENV + name for name, value in given.items() if not value]
+            if missing:
+                raise ValueError(f"{KAFKA_ENV}SECURITY_PROTOCOL={self.security_protocol} needs {', '.join(missing)}")
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> "KafkaSettings":

@@ -19,8 +19,9 @@ from shared.topics import LOOP_TOPICS
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
-# Custom resources have no schema in kubernetes-validate; they are checked by hand below.
-CRDS = {"PodMonitor", "KafkaTopic"}
+# Custom resources have no schema in kubernetes-validate; they are checked by hand below
+# (KafkaUser's structure and ACLs: test_deploy_kafka_auth.py).
+CRDS = {"PodMonitor", "KafkaTopic", "KafkaUser"}
 # The demo (replayed traffic, simulated annotators) belongs to the laptop, not a cluster.
 LAPTOP_ONLY = {"demo"}
 
