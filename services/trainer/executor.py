@@ -84,6 +84,13 @@ class LocalProcessExecutor:
         return ProcessHandle(process)
 
 
+# What the trainer Deployment mounts (deploy/k8s/base/trainer.yaml): a Job is the same
+# Kafka client, with the same volumes.
+KAFKA_USER_SECRET = "rlhf-loop-trainer"
+KAFKA_CA_SECRET = "rlhf-cluster-ca-cert"
+KAFKA_CA_DIR = "/etc/rlhf-loop/kafka-ca"
+
+
 class KubernetesJobExecutor:
     """Renders a batch/v1 Job per run. `dry_run` (the only mode built here) writes the
     manifest next to the job file and refuses to start it, so the run fails with a
@@ -98,6 +105,7 @@ class KubernetesJobExecutor:
         if self.gpu:
             resources["limits"]["nvidia.com/gpu"] = 1
         name = f"rlhf-train-{spec.run_id[:8]}"
+        data_dir = payload["settings"]["data_dir"]
         return {
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": name, "namespace": self.namespace,
@@ -110,15 +118,21 @@ class KubernetesJobExecutor:
                     "containers": [{
                         "name": "train", "image": self.image,
                         "command": ["python", "-m", "services.trainer.run_job", "/job/job.json"],
+                        # the trainer Deployment's own Kafka user and CA (deploy/k8s/base/kafka-users.yaml)
                         "env": [{"name": "RLHF_KAFKA__SASL_PASSWORD",
-                                 "valueFrom": {"secretKeyRef": {"name": "rlhf-kafka", "key": "password", "optional": True}}},
+                                 "valueFrom": {"secretKeyRef": {"name": KAFKA_USER_SECRET, "key": "password"}}},
                                 {"name": "HF_HUB_OFFLINE", "value": "1"}],
                         "resources": resources,
                         "volumeMounts": [{"name": "job", "mountPath": "/job"},
-                                         {"name": "data", "mountPath": payload["settings"]["data_dir"]}],
+                                         {"name": "kafka-ca", "mountPath": KAFKA_CA_DIR, "readOnly": True},
+                                         {"name": "data", "mountPath": data_dir},
+                                         {"name": "registry", "mountPath": f"{data_dir}/registry"}],
                     }],
                     "volumes": [{"name": "job", "configMap": {"name": f"{name}-spec"}},
-                                {"name": "data", "persistentVolumeClaim": {"claimName": "rlhf-data"}}],
+                                {"name": "kafka-ca", "secret": {"secretName": KAFKA_CA_SECRET,
+                                                                "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                                {"name": "data", "persistentVolumeClaim": {"claimName": "rlhf-trainer-data"}},
+                                {"name": "registry", "persistentVolumeClaim": {"claimName": "rlhf-registry"}}],
                 }},
             },
         }

@@ -394,8 +394,6 @@ def test_plaintext_for_the_embedded_broker_is_unchanged(tmp_path: Path) -> None:
 # -- the trainer's Kubernetes Job talks to Kafka too ---------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="services/trainer/executor.py renders the Job with the password from "
-                   "Secret 'rlhf-kafka' (optional) and no CA volume; fixing it is outside this change's scope")
 def test_the_trainer_job_carries_the_trainer_deployments_kafka_wiring(tmp_path: Path) -> None:
     import json
 
