@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+DISCARD_REASONS = ("no_submitted_response", "malformed", "not_a_task")
+
 
 class AnnotationMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -55,3 +57,5 @@ class AnnotationMetrics:
         self.watermark = Gauge(
             "rlhf_annotation_watermark_timestamp_seconds",
             "Record update time up to which completed records were collected.", registry=registry)
+        for reason in DISCARD_REASONS:  # at 0 from the start
+            self.discarded.labels(reason)

@@ -12,6 +12,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+SOURCES = ("api", "proxy")
+PROXY_FAILURE_REASONS = ("broker", "queue_full", "invalid")
 REQUEST_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -49,6 +51,11 @@ class CaptureMetrics:
             "rlhf_capture_proxy_queue_depth", "Proxied exchanges waiting to be written.",
             registry=registry,
         )
+        # Fixed label values at 0 from the start (a panel shows 0, an alert sees the first increase).
+        for source in SOURCES:
+            self.accepted.labels(source)
+        for reason in PROXY_FAILURE_REASONS:
+            self.proxy_failures.labels(reason)
 
 
 class RequestMetricsMiddleware:

@@ -12,6 +12,8 @@ class DemoMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter("rlhf_demo_requests_total", "Replayed chat requests, by outcome (ok, error).",
                                 ["outcome"], registry=registry)
+        for outcome in ("ok", "error"):  # at 0 from the start
+            self.requests.labels(outcome)
         self.ranked = Counter("rlhf_demo_records_ranked_total", "Records ranked by the simulated annotators.",
                               registry=registry)
         self.win_rate = Gauge("rlhf_demo_win_rate_vs_base",

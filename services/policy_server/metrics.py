@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+ROLLBACK_REASONS = ("event", "health_check", "startup")
+IGNORED_REASONS = ("not_promoted", "older", "rolled_back")
+CAPTURE_OUTCOMES = ("ok", "error", "not_stored")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -26,6 +29,15 @@ class PolicyServerMetrics:
             ["reason"], registry=registry)
         self.captured = Counter("rlhf_policy_captured_total", "Completions captured to rlhf.outputs, by outcome (ok, error, not_stored: the request said store=false).",
                                 ["outcome"], registry=registry)
+
+        # Fixed label values are exported at 0 from the start: an alert on increase() sees
+        # the first rollback, and a panel shows 0 instead of "no data".
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(reason)
+        for reason in IGNORED_REASONS:
+            self.promotions_ignored.labels(reason)
+        for outcome in CAPTURE_OUTCOMES:
+            self.captured.labels(outcome)
 
     def set_shares(self, shares: dict[str, float]) -> None:
         self.share.clear()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+REJECTION_REASONS = ("no_rule", "duplicate", "quota", "budget", "too_few_candidates")
 SCORE_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0, 5.0)
 
 
@@ -31,3 +32,5 @@ class SamplerMetrics:
         self.uncertainty_fallbacks = Counter(
             "rlhf_sampler_uncertainty_fallbacks_total",
             "Uncertainty decisions made without a reward model (uniform fallback).", registry=registry)
+        for reason in REJECTION_REASONS:  # at 0 from the start: a panel shows 0, not "no data"
+            self.rejections.labels(reason)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+RUN_OUTCOMES = ("succeeded", "gated", "failed")
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 
@@ -13,6 +14,8 @@ class TrainerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.runs = Counter("rlhf_trainer_runs_total", "Training runs by outcome (succeeded, gated, failed, rejected).",
                             ["outcome"], registry=registry)
+        for outcome in RUN_OUTCOMES:  # exported at 0: an alert sees the first failure as an increase
+            self.runs.labels(outcome)
         self.runs_recorded = Gauge(
             "rlhf_trainer_runs_recorded", "Runs in the trainer's durable run history by state (a restart keeps them;"
             " the counter above counts since the process started).", ["state"], registry=registry)

@@ -4,8 +4,15 @@ test and each service gets its own)."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.topics import Topic, dead_letter_topic
+
+# The fixed reasons a consumer loop counts a failure or a dead letter under.
+FAILURE_REASONS = ("error", "dependency_unavailable", "dead_letter_failed")
+DEAD_LETTER_KINDS = ("poison", "retries_exhausted")
 
 # Handler latency buckets: a JSON decode is sub-millisecond, an Argilla push or a
 # reward-model scoring can take seconds.
@@ -77,3 +84,31 @@ class BusMetrics:
             ["group"],
             registry=registry,
         )
+
+    def declare(self, group: str | None = None, consumes: Iterable[Topic | str] = (),
+                produces: Iterable[Topic | str] = (), dead_letters: str | None = None) -> BusMetrics:
+        """Export the series of a service's known topics at 0 from its start, before the
+        first message, failure or dead letter: a labelled series only exists after its
+        first `.labels()`, so without this an alert on `increase(...) > 0` misses the
+        first error of a process (it appears at 1, no increase seen) and
+        `sum(increase(produced{topic=...}[6h])) == 0` has no series to fire on when a
+        service never produced. Topics are `Topic`s or names; `dead_letters` (default
+        `rlhf.dlq.<group>`) is what the consumer produces on poison."""
+        topics = [t.name if isinstance(t, Topic) else t for t in consumes]
+        if group is not None:
+            for topic in topics:
+                self.consumed.labels(topic, group)
+                self.handler_seconds.labels(topic, group)
+                for reason in FAILURE_REASONS:
+                    self.failed.labels(topic, group, reason)
+                for kind in DEAD_LETTER_KINDS:
+                    self.dead_lettered.labels(topic, group, kind)
+            for outcome in ("ok", "failed"):
+                self.commits.labels(group, outcome)
+        written = [t.name if isinstance(t, Topic) else t for t in produces]
+        if group is not None and topics:
+            written.append(dead_letters or dead_letter_topic(group))
+        for topic in written:
+            self.produced.labels(topic)
+            self.produce_errors.labels(topic)
+        return self

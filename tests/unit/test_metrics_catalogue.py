@@ -89,3 +89,32 @@ def test_the_dashboard_covers_the_loop_funnel() -> None:
                   "rlhf_annotation_records_collected_total", "rlhf_annotation_preferences_total",
                   "rlhf_trainer_runs_total", "rlhf_policy_traffic_share", "rlhf_annotation_tasks_pending"):
         assert stage in used, stage
+
+
+# Labels Prometheus attaches at scrape time; every other label of an input series must
+# be one its metric really has.
+TARGET_LABELS = {"instance", "job"}
+SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$")
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"]*)"')
+
+
+def fed_to_rule_tests() -> list[str]:
+    tests = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules_test.yml").read_text())
+    return [s["series"] for t in tests["tests"] for s in t.get("input_series", [])]
+
+
+def test_alert_tests_feed_only_series_the_services_emit() -> None:
+    """rules_test.yml must test the alerts on series that exist (names and label names);
+    tests/integration/test_observed_series.py checks the label values on a running loop."""
+    names, fams = exposed_names(), families()
+    for series in fed_to_rule_tests():
+        match = SERIES.match(series.strip())
+        assert match, series
+        name, labels = match.group(1), {k for k, _v in LABEL.findall(match.group(2) or "")}
+        if name == "up":  # Prometheus' own
+            continue
+        assert name in names, f"{series}: no service registers {name}"
+        family = next(f for f in (name, name.removesuffix("_bucket"), name.removesuffix("_count"),
+                                  name.removesuffix("_sum")) if f in fams)
+        unknown = labels - TARGET_LABELS - fams[family][1]
+        assert not unknown, f"{series}: {family} has no label(s) {unknown}"
