@@ -238,7 +238,7 @@ def test_measurement_traffic_is_served_never_captured_and_the_probe_reports_it(r
         again = probe.measure("policy-v0001", stop)
     assert comparison is not None and comparison.n == 6 and again == comparison  # seeded: the same answers again
     assert server.registry.get_sample_value("rlhf_policy_captured_total", {"outcome": "not_stored"}) == 18 + 10
-    assert server.registry.get_sample_value("rlhf_policy_captured_total", {"outcome": "ok"}) is None
+    assert server.registry.get_sample_value("rlhf_policy_captured_total", {"outcome": "ok"}) == 0  # never counted
     assert server.registry.get_sample_value("rlhf_policy_requests_total", {"version": "base", "status": "ok"}) == 6 + 10
     assert demo_registry.get_sample_value("rlhf_demo_win_rate_vs_base", {"version": "policy-v0001"}) == \
         comparison.win_rate

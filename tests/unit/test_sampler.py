@@ -232,7 +232,7 @@ def test_a_failed_decision_write_is_decided_afresh_on_redelivery(tmp_path: Path)
     assert task.task_id == task_id_for(out.output_id)
     assert store.decision(out.output_id).status == "selected"  # type: ignore[union-attr]
     assert registry.get_sample_value("rlhf_sampler_tasks_total", {"rule": "all"}) == 1
-    assert registry.get_sample_value("rlhf_sampler_rejections_total", {"reason": "duplicate"}) is None
+    assert registry.get_sample_value("rlhf_sampler_rejections_total", {"reason": "duplicate"}) == 0  # never counted
 
 
 def test_a_failed_decision_write_leaves_no_quota_count_behind(tmp_path: Path) -> None:
