@@ -134,6 +134,40 @@ def test_under_default_deny_the_policy_server_is_reachable_by_chatbots_and_the_s
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "sampler"}}} in sources
 
 
+def container_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_prometheus_reaches_only_the_metrics_port(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    """RLHF_HTTP__METRICS_PORT: every pod serves /metrics on a port of its own, the
+    PodMonitor scrapes that one, and the monitoring namespace's opening is that port
+    alone, so scraping does not open any service's API."""
+    _, docs = manifests
+    config = by_kind(docs, "ConfigMap")["rlhf-loop-config"]["data"]
+    metrics_port = int(config["RLHF_HTTP__METRICS_PORT"])
+    assert metrics_port != int(config["RLHF_HTTP__PORT"])
+    for name, deployment in by_kind(docs, "Deployment").items():
+        ports = {p["name"]: p["containerPort"] for p in container_of(deployment)["ports"]}
+        assert ports.get("metrics") == metrics_port, name
+    [endpoint] = by_kind(docs, "PodMonitor")["rlhf-loop"]["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    for policy in by_kind(docs, "NetworkPolicy").values():
+        for rule in policy["spec"].get("ingress", []):
+            namespaces = {s.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                          for s in rule.get("from", [])}
+            if "monitoring" in namespaces:
+                assert rule["ports"] == [{"port": "metrics"}], policy["metadata"]["name"]
+
+
+def test_the_policy_servers_api_key_comes_from_the_secret(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    env = {e["name"]: e for e in container_of(by_kind(docs, "Deployment")["policy-server"]).get("env", [])}
+    ref = env["RLHF_POLICY_SERVER__API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "rlhf-loop-secrets", "key": "policy-server-api-key"}
+    assert "RLHF_POLICY_SERVER__AUTH_DISABLED" not in by_kind(docs, "ConfigMap")["rlhf-loop-config"]["data"]
+
+
 def test_every_empty_dir_is_size_limited(manifests: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = manifests
     for name, deployment in by_kind(docs, "Deployment").items():
