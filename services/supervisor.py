@@ -82,9 +82,12 @@ class Supervisor:
         return next((c.port for c in self.children if c.name == name), None)
 
     def _env(self, child: Child) -> dict[str, str]:
+        # One port per child serves everything, /metrics included (the status line and
+        # the local Prometheus config scrape it): a shared metrics port would collide.
+        inherited = {k: v for k, v in os.environ.items() if k != "RLHF_HTTP__METRICS_PORT"}
         return {
             **self._extra_env,
-            **os.environ,  # what the user set wins over the supervisor's defaults
+            **inherited,  # what the user set wins over the supervisor's defaults
             "RLHF_KAFKA__BOOTSTRAP_SERVERS": self._broker.bootstrap_servers,
             "RLHF_HTTP__HOST": "127.0.0.1",
             "RLHF_HTTP__PORT": str(child.port),

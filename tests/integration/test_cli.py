@@ -187,7 +187,9 @@ def test_up_starts_broker_and_services_and_ctrl_c_stops_all(tmp_path: Path) -> N
     process = subprocess.Popen(
         [*CLI, "up", "--only", "event-logger", "--data-dir", str(tmp_path), "--http-port-base", str(base),
          "--grace-seconds", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # a metrics port meant for one pod: `up` serves /metrics on each child's own port
+        env=cli_env(RLHF_HTTP__METRICS_PORT=str(free_port())),
     )
     lines: list[str] = []
     try:
