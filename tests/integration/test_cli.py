@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,16 +20,10 @@ from shared.settings import KafkaSettings
 from shared.topics import LOOP_TOPICS, OUTPUTS
 from tests import factories
 from tests.conftest import FAST_GROUP, committed_offsets, wait_for
+from tests.helpers.cli import CLI, bootstrap_of, cli_env, start_up
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-m", "services.cli"]
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
-    env.update({"PYTHONUNBUFFERED": "1", **extra})
-    return env
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -279,17 +271,9 @@ def test_up_runs_the_whole_embedded_loop_with_a_real_chat_model_and_stops_it_cle
 
 def test_a_second_ctrl_c_kills_everything_and_leaves_nothing_behind(tmp_path: Path) -> None:
     base = free_port()
-    process = subprocess.Popen(
-        [*CLI, "up", "--only", "event-logger", "--data-dir", str(tmp_path), "--http-port-base", str(base),
-         "--grace-seconds", "30", "--status-interval", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env())
-    assert process.stdout is not None
-    banner = ""
-    while "Ctrl-C" not in banner:
-        line = process.stdout.readline()
-        assert line, banner
-        banner += line
-    bootstrap = banner.split("RLHF_KAFKA__BOOTSTRAP_SERVERS=", 1)[1].split()[0]
+    process, banner = start_up(["--only", "event-logger", "--data-dir", str(tmp_path), "--http-port-base", str(base),
+                                "--grace-seconds", "30", "--status-interval", "0"])
+    bootstrap = bootstrap_of(banner)
     assert wait_for(lambda: http_get(f"http://127.0.0.1:{base}/healthz")[0] == 200, timeout_s=30)
     process.send_signal(signal.SIGINT)
     time.sleep(0.2)

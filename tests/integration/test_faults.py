@@ -6,12 +6,10 @@ the services go on."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,16 +26,10 @@ from shared.embedded.ports import free_port, free_port_block
 from shared.topics import LOOP_TOPICS, OUTPUTS, PREFERENCES, dead_letter_topic
 from tests import factories
 from tests.conftest import FAST_GROUP, read_topic, wait_for
+from tests.helpers.cli import CLI, bootstrap_of, cli_env, start_up, stop_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
-CLI = [sys.executable, "-m", "services.cli"]
-
-
-def env_without_rlhf(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
-    env.update({"PYTHONUNBUFFERED": "1", **extra})
-    return env
 
 
 def healthy(port: int) -> bool:
@@ -56,27 +48,16 @@ def whole_loop(tmp_path: Path, tiny_policy: Path) -> Iterator[tuple[str, dict[st
 
     names = [n for n in EMBEDDED_LOOP if n != "demo"]
     base = free_port_block(len(names))
-    process = subprocess.Popen([*CLI, "up", "--no-demo", "--data-dir", str(tmp_path), "--http-port-base", str(base),
-                                "--status-interval", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env_without_rlhf(RLHF_POLICY_SERVER__BASE_MODEL=str(tiny_policy),
-                                                               RLHF_TRAINER__BASE_MODEL=str(tiny_policy)))
+    process, banner = start_up(["--no-demo", "--data-dir", str(tmp_path), "--http-port-base", str(base),
+                                "--status-interval", "0"], RLHF_POLICY_SERVER__BASE_MODEL=str(tiny_policy),
+                               RLHF_TRAINER__BASE_MODEL=str(tiny_policy))
     try:
-        assert process.stdout is not None
-        banner = ""
-        while "Ctrl-C" not in banner:
-            line = process.stdout.readline()
-            assert line, banner
-            banner += line
-        bootstrap = banner.split("RLHF_KAFKA__BOOTSTRAP_SERVERS=", 1)[1].split()[0]
+        bootstrap = bootstrap_of(banner)
         ports = {name: base + i for i, name in enumerate(names)}
         assert wait_for(lambda: all(healthy(p) for p in ports.values()), timeout_s=240, interval_s=1)
         yield bootstrap, ports
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_up(process)
 
 
 def test_poison_on_every_topic_lands_in_each_consumers_dead_letters(whole_loop: tuple[str, dict[str, int]]) -> None:
@@ -125,7 +106,7 @@ def test_broker_killed_and_restarted_the_services_resume(tmp_path: Path) -> None
     port = free_port()
     broker = EmbeddedBroker(port=port, log_file=tmp_path / "tansu.log").start()
     base = free_port_block(2)
-    env = env_without_rlhf(RLHF_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers, RLHF_DATA_DIR=str(tmp_path),
+    env = cli_env(RLHF_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers, RLHF_DATA_DIR=str(tmp_path),
                            RLHF_HTTP__HOST="127.0.0.1", RLHF_CAPTURE__AUTH_DISABLED="true",
                            RLHF_CAPTURE__PUBLISH_TIMEOUT_S="3",
                            RLHF_KAFKA__SESSION_TIMEOUT_MS=str(FAST_GROUP["session_timeout_ms"]),
@@ -183,7 +164,7 @@ def test_broker_killed_and_restarted_the_services_resume(tmp_path: Path) -> None
 def test_trainer_killed_mid_consumption_stores_each_preference_once(tmp_path: Path) -> None:
     with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker:
         kafka = broker.kafka_settings(**FAST_GROUP)
-        env = env_without_rlhf(RLHF_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers, RLHF_DATA_DIR=str(tmp_path),
+        env = cli_env(RLHF_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers, RLHF_DATA_DIR=str(tmp_path),
                                RLHF_HTTP__HOST="127.0.0.1", RLHF_HTTP__PORT=str(free_port()),
                                RLHF_TRAINER__THRESHOLD="100000", RLHF_KAFKA__MAX_POLL_RECORDS="10",
                                RLHF_KAFKA__SESSION_TIMEOUT_MS=str(FAST_GROUP["session_timeout_ms"]),

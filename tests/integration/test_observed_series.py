@@ -13,12 +13,8 @@ input series (rules_test.yml) must be series the loop really emits, too.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -31,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.embedded.ports import free_port_block
 from tests.conftest import wait_for
+from tests.helpers.cli import start_up, stop_up
 from tests.unit.test_metrics_catalogue import (
     GROUP_BY,
     ROOT,
@@ -40,7 +37,6 @@ from tests.unit.test_metrics_catalogue import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
-CLI = [sys.executable, "-m", "services.cli"]
 # Small everything: a run starts after a few ranked records (5 candidates: up to 10
 # pairs each; 4 distinct prompts make a failed split unlikely) and trains in seconds;
 # lenient gates so it is promoted and served, which is what the serving and demo panels
@@ -146,39 +142,19 @@ def fed_but_not_emitted(selector: str, series: Series) -> bool:
     return not any(matches(labels, matchers) for labels in series.get(name, []))
 
 
-def env_without_rlhf(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
-    env.update({"PYTHONUNBUFFERED": "1", **extra})
-    return env
-
-
 @pytest.fixture
 def demo_loop(tmp_path: Path, tiny_policy: Path) -> Iterator[tuple[dict[str, int], Path]]:
     """`rlhf-loop up` with the demo: every service, the broker, Argilla; tiny models."""
     from services.catalog import EMBEDDED_LOOP
 
     base = free_port_block(len(EMBEDDED_LOOP))
-    process = subprocess.Popen(
-        [*CLI, "up", "--data-dir", str(tmp_path), "--http-port-base", str(base), "--status-interval", "0",
-         "--grace-seconds", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env_without_rlhf(RLHF_POLICY_SERVER__BASE_MODEL=str(tiny_policy),
-                             RLHF_TRAINER__BASE_MODEL=str(tiny_policy), **LOOP_ENV))
+    process, _banner = start_up(
+        ["--data-dir", str(tmp_path), "--http-port-base", str(base), "--status-interval", "0", "--grace-seconds", "10"],
+        RLHF_POLICY_SERVER__BASE_MODEL=str(tiny_policy), RLHF_TRAINER__BASE_MODEL=str(tiny_policy), **LOOP_ENV)
     try:
-        assert process.stdout is not None
-        banner = ""
-        while "Ctrl-C" not in banner:
-            line = process.stdout.readline()
-            assert line, banner
-            banner += line
         yield {name: base + i for i, name in enumerate(EMBEDDED_LOOP)}, tmp_path
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+        stop_up(process)
 
 
 # Traffic through every stage, each as its service counts it.
