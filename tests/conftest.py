@@ -137,14 +137,15 @@ def start_loop(kafka: KafkaSettings) -> Iterator[Callable[..., LoopThread]]:
     def start(topics: list[Topic], group: str, handler: Handler, ticker: Ticker | None = None,
               sink: BatchSink | None = None, max_poll_records: int | None = None,
               wrap_producer: Callable[[EventProducer], EventProducer] | None = None,
-              **consumer: object) -> LoopThread:
+              kafka_options: dict[str, object] | None = None, **consumer: object) -> LoopThread:
         ensure_topics(kafka, [(dead_letter_topic(group), 1)])
         registry = CollectorRegistry()
         metrics = BusMetrics(registry)
         stop = threading.Event()
         settings = ConsumerSettings(**{"backoff_initial_s": 0.05, "backoff_max_s": 0.2, **consumer})  # type: ignore[arg-type]
         producer = EventProducer(kafka, metrics)
-        kafka_settings = kafka.model_copy(update={"max_poll_records": max_poll_records}) if max_poll_records else kafka
+        updates = {**({"max_poll_records": max_poll_records} if max_poll_records else {}), **(kafka_options or {})}
+        kafka_settings = kafka.model_copy(update=updates)
         loop = ConsumerLoop(topics=topics, group_id=group, handler=handler, kafka=kafka_settings,
                             consumer=settings, producer=wrap_producer(producer) if wrap_producer else producer,
                             metrics=metrics, stop=stop,

@@ -26,6 +26,10 @@ dependency does ends the loop: only `stop` does.
 Stop (SIGTERM): the record in hand is finished, the rest of the batch is left for
 redelivery, finished work is flushed and committed, then the consumer closes.
 
+Slow handlers: a batch whose handlers have run for half of max_poll_interval ends the
+same way, so the next poll comes in time and the member is never dropped from its
+group for a batch that is merely slow (a handler waiting on a model endpoint).
+
 Rebalance (another member joins or leaves the group): once the coordinator asks this
 member to rejoin, the batch ends like a stop does (the rest of it is sought back for
 redelivery), finished work is flushed and committed, and the next poll rejoins at
@@ -107,7 +111,12 @@ class _Retry(Exception):
 
 
 class _Yield(Exception):
-    """Internal: the group is rebalancing; end the batch, commit, and poll."""
+    """Internal: end the batch, commit, and poll (the group is rebalancing, or the batch
+    has used its time budget)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 class ConsumerLoop:
@@ -141,6 +150,9 @@ class ConsumerLoop:
         self._metrics = metrics
         self._stop = stop
         self._consumer = KafkaConsumer(**kafka.consumer_kwargs(group_id))
+        # Half the poll interval for the handlers of one batch; the rest is for the
+        # sink, the ticker and the commit that follow it.
+        self._batch_budget_s = kafka.max_poll_interval_ms / 1000 / 2
         # Per-partition state, dropped when a partition is revoked or lost (see the
         # listener): finished work whose commit failed, pauses for an outage.
         self._uncommitted: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -177,6 +189,7 @@ class ConsumerLoop:
         self._resume_due()
         batch = self._consumer.poll(timeout_ms=self._poll_timeout_ms())
         self.last_poll_monotonic = time.monotonic()
+        batch_deadline = self.last_poll_monotonic + self._batch_budget_s
         self._metrics.last_poll.labels(self.group_id).set_to_current_time()
         finished: dict[TopicPartition, OffsetAndMetadata] = {}
         first_offsets: dict[TopicPartition, int] = {}
@@ -188,13 +201,14 @@ class ConsumerLoop:
                 for record in records:
                     if self._stop.is_set():
                         raise _Retry()
-                    if rebalance_requested(self._consumer):
+                    why = self._why_end_batch(count, batch_deadline)
+                    if why:
                         # Leave this record and everything after it for redelivery
                         # (to this consumer or the partition's next owner).
                         self._consumer.seek(tp, record.offset)
                         for later_tp, later in parts[index + 1:]:
                             self._consumer.seek(later_tp, later[0].offset)
-                        raise _Yield()
+                        raise _Yield(why)
                     try:
                         self._handle(tp, record)
                     except _Retry:
@@ -208,9 +222,9 @@ class ConsumerLoop:
                     count += 1
         except _Retry:
             pass  # stopping: what is finished is committed below, the rest redelivered
-        except _Yield:
-            log.info("group %s: rebalancing; ending the batch after %d records to commit and rejoin",
-                     self.group_id, count)
+        except _Yield as ended:
+            log.info("group %s: %s; ending the batch after %d records to commit and poll",
+                     self.group_id, ended.why, count)
         if not self._flush_sink({tp.topic for tp in first_offsets}, handled):
             for tp, offset in first_offsets.items():
                 self._consumer.seek(tp, offset)
@@ -223,6 +237,18 @@ class ConsumerLoop:
         if count:
             self._dependency_failures = 0  # a whole batch went through: the outage is over
         return count
+
+    def _why_end_batch(self, handled: int, deadline: float) -> str | None:
+        """Why the batch should end before the next record, if it should: the group
+        wants this member to rejoin, or slow handlers have used the batch's time budget
+        (the next poll must come within max_poll_interval, or the member is dropped
+        from its group and its partitions' work is redone). At least one record is
+        always handled, so a slow record still makes progress."""
+        if rebalance_requested(self._consumer):
+            return "rebalancing"
+        if handled and time.monotonic() > deadline:
+            return f"the batch used its {self._batch_budget_s:.0f} s budget"
+        return None
 
     def _flush_sink(self, topics: set[str], handled: list[ConsumerRecord]) -> bool:
         """False when the batch must be redelivered: the sink's dependency is down, it

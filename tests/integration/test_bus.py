@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import pytest
@@ -370,6 +371,32 @@ def test_a_sink_that_keeps_failing_dead_letters_its_batch_and_goes_on(
     assert "unexpected answer" in headers["dlq.reason"]
     assert headers["dlq.error_type"] == "RuntimeError"  # what the sink raised, not a generic poison
     assert sink.written == [e.output_id for e in later]
+
+
+def test_slow_handlers_end_the_batch_in_time_so_the_member_is_never_dropped_from_its_group(
+    kafka: KafkaSettings, make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: StartLoop,
+) -> None:
+    """Eight records at 1 s each are one 8 s batch; with max_poll_interval at 4 s the
+    member would be dropped from its group mid-batch, its commit refused and the batch
+    redone. The loop ends a batch after half the poll interval instead."""
+    source = make_topic(ModelOutput)
+    events = outputs(8, "slow-handler")
+    for event in events:
+        producer.send(source, event)
+    producer.flush()
+    handled: list[str] = []
+
+    def slow(event: Event, _record: ConsumerRecord) -> list[Outgoing]:
+        handled.append(event.output_id)  # type: ignore[attr-defined]
+        time.sleep(1.0)
+        return []
+
+    runner = start_loop([source], group_id, slow, kafka_options={"max_poll_interval_ms": 4000})
+    assert wait_for(lambda: committed_offsets(kafka, group_id, source.name) == {0: 8}, timeout_s=60)
+    runner.join()
+    assert runner.error is None
+    assert handled == [e.output_id for e in events]  # each once, in order: never redone
 
 
 class RaisingTicker(WindowTicker):
