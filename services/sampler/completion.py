@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import httpx
@@ -61,21 +61,25 @@ class CandidateCompleter:
     def complete(self, output_id: str, conversation: list[ChatMessage], have: int) -> list[Candidate]:
         """Up to `missing(have)` new candidates, round-robin over endpoints; fewer when
         endpoints fail or the deadline passes."""
-        wanted = self.missing(have)
+        return self.complete_many([(output_id, conversation, have)])[0]
+
+    def complete_many(self, requests: list[tuple[str, list[ChatMessage], int]]) -> list[list[Candidate]]:
+        """`complete` for several outputs at once (output id, conversation, candidates
+        it has): every call shares the pool and ONE deadline, so closing a budget
+        window of N tasks takes at most `deadline_s`, not N times it."""
         endpoints = self._settings.endpoints
-        if wanted == 0 or not endpoints:
-            return []
-        jobs = {
-            self._pool.submit(self._ask, endpoints[i % len(endpoints)], conversation): (i, endpoints[i % len(endpoints)])
-            for i in range(wanted)
-        }
+        jobs: dict[Future[tuple[str, str | None]], tuple[int, int, CompletionEndpoint]] = {}
+        for slot, (_output_id, conversation, have) in enumerate(requests):
+            for i in range(self.missing(have) if endpoints else 0):
+                endpoint = endpoints[i % len(endpoints)]
+                jobs[self._pool.submit(self._ask, endpoint, conversation)] = (slot, i, endpoint)
         deadline = time.monotonic() + self._settings.deadline_s
-        results: dict[int, Candidate] = {}
+        results: list[dict[int, Candidate]] = [{} for _ in requests]
         pending = set(jobs)
         while pending and time.monotonic() < deadline:
             done, pending = wait(pending, timeout=deadline - time.monotonic(), return_when=FIRST_COMPLETED)
             for future in done:
-                index, endpoint = jobs[future]
+                slot, index, endpoint = jobs[future]
                 try:
                     text, finish = future.result()
                 except Exception as error:  # noqa: BLE001 - any failure means "no answer from here"
@@ -83,8 +87,8 @@ class CandidateCompleter:
                     log.warning("completion from %s failed: %r", endpoint.name, error)
                     continue
                 self._on_outcome(endpoint.name, "ok")
-                results[index] = Candidate(
-                    candidate_id=derived_id("completion", output_id, str(index)),
+                results[slot][index] = Candidate(
+                    candidate_id=derived_id("completion", requests[slot][0], str(index)),
                     text=text,
                     model=ModelRef(name=endpoint.model, version=endpoint.model_version),
                     generation_params=dict(endpoint.params),
@@ -92,8 +96,8 @@ class CandidateCompleter:
                 )
         for future in pending:
             future.cancel()
-            self._on_outcome(jobs[future][1].name, "deadline")
-        return [results[i] for i in sorted(results)]
+            self._on_outcome(jobs[future][2].name, "deadline")
+        return [[found[i] for i in sorted(found)] for found in results]
 
     def _ask(self, endpoint: CompletionEndpoint, conversation: list[ChatMessage]) -> tuple[str, str | None]:
         headers = {"Authorization": f"Bearer {endpoint.api_key.get_secret_value()}"} if endpoint.api_key else {}

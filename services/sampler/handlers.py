@@ -157,26 +157,46 @@ class Sampler:
             # Quota places this window takes: stored with its decisions in `delivered`,
             # so a window offered again (delivery failed) has taken none yet.
             places: list[QuotaCount] = []
+            queue = [(item, ModelOutput.model_validate_json(item.output_json))
+                     for item in self._store.held(rule_name, window)]
             taken = 0
-            for item in self._store.held(rule_name, window):
-                output = ModelOutput.model_validate_json(item.output_json)
+            while queue:
                 if rule is None or rule.budget is None or taken >= rule.budget.max_tasks:
-                    decisions.append(Decision(item.output_id, "rejected", rule_name, "budget", item.score, None))
-                    continue
-                if rule.quota and not self._quota_allows(rule, window, output, places):
-                    decisions.append(Decision(item.output_id, "rejected", rule_name, "quota", item.score, None))
-                    continue
-                task = self._build_task(rule, output, item.score)
-                if task is None:
-                    decisions.append(Decision(item.output_id, "dropped", rule_name, "too_few_candidates",
-                                              item.score, None))
-                    continue
-                taken += 1
-                if rule.quota:
-                    places += self._quota_places(rule, window, output)
-                decisions.append(Decision(item.output_id, "selected", rule_name, "budget_top_k",
-                                          item.score, task.model_dump_json()))
-                outgoing.append(Outgoing(RANKING_TASKS, task))
+                    decisions += [Decision(item.output_id, "rejected", rule_name, "budget", item.score, None)
+                                  for item, _ in queue]
+                    break
+                # One round: the best held items that may still fill the budget, their
+                # candidates completed together (one deadline for the round, not one each).
+                chosen, deferred, tentative = [], [], list(places)
+                while queue and len(chosen) < rule.budget.max_tasks - taken:
+                    item, output = queue.pop(0)
+                    if rule.quota and not self._quota_allows(rule, window, output, tentative):
+                        if self._quota_allows(rule, window, output, places):
+                            deferred.append((item, output))  # only if a round-mate takes its place
+                        else:
+                            decisions.append(Decision(item.output_id, "rejected", rule_name, "quota", item.score,
+                                                      None))
+                        continue
+                    chosen.append((item, output))
+                    if rule.quota:
+                        tentative += self._quota_places(rule, window, output)
+                tasks = self._build_tasks(rule, [(output, item.score) for item, output in chosen])
+                for (item, output), task in zip(chosen, tasks):
+                    if task is None:
+                        decisions.append(Decision(item.output_id, "dropped", rule_name, "too_few_candidates",
+                                                  item.score, None))
+                        continue
+                    taken += 1
+                    if rule.quota:
+                        places += self._quota_places(rule, window, output)
+                    decisions.append(Decision(item.output_id, "selected", rule_name, "budget_top_k",
+                                              item.score, task.model_dump_json()))
+                    outgoing.append(Outgoing(RANKING_TASKS, task))
+                queue = deferred + queue
+                if not chosen:  # everything left waited on a place nobody took
+                    decisions += [Decision(item.output_id, "rejected", rule_name, "quota", item.score, None)
+                                  for item, _ in queue]
+                    break
             self._closing[(rule_name, window)] = (decisions, places)
         return outgoing
 
@@ -245,11 +265,25 @@ class Sampler:
         return []
 
     def _build_task(self, rule: SamplingRule, output: ModelOutput, score: float) -> RankingTask | None:
+        return self._build_tasks(rule, [(output, score)])[0]
+
+    def _build_tasks(self, rule: SamplingRule, outputs: list[tuple[ModelOutput, float]]) -> list[RankingTask | None]:
+        """The task of each output (None: fewer than MIN_RANKED candidates even after
+        completion); the missing candidates of all of them are asked for together."""
+        completer = self._completer
+        wanted = [i for i, (output, _) in enumerate(outputs)
+                  if completer is not None and completer.missing(len(output.candidates))]
+        extra: dict[int, list[Candidate]] = {}
+        if completer is not None and wanted:
+            found = completer.complete_many([(outputs[i][0].output_id, list(outputs[i][0].conversation),
+                                              len(outputs[i][0].candidates)) for i in wanted])
+            extra = dict(zip(wanted, found))
+        return [self._task_of(rule, output, score, extra.get(i, [])) for i, (output, score) in enumerate(outputs)]
+
+    def _task_of(self, rule: SamplingRule, output: ModelOutput, score: float,
+                 completed: list[Candidate]) -> RankingTask | None:
         conversation = list(output.conversation)
-        candidates = list(output.candidates)
-        if self._completer is not None and self._completer.missing(len(candidates)):
-            candidates += self._completer.complete(output.output_id, conversation, len(candidates))
-        candidates = candidates[:MAX_RANKED]
+        candidates = [*output.candidates, *completed][:MAX_RANKED]
         if len(candidates) < MIN_RANKED:
             return None
         if self._redactor is not None:

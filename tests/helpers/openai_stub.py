@@ -7,6 +7,7 @@ and can be told to fail (HTTP 500) or to be slow, so timeouts and errors are tes
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ from fastapi import FastAPI, HTTPException, Request
 from shared.embedded.ports import free_port, wait_for_port
 
 
-def create_stub_app(mode: str = "ok", delay_s: float = 0.0) -> FastAPI:
+def create_stub_app(mode: str = "ok", delay_s: float = 0.0, parallel: bool = False) -> FastAPI:
+    """`delay_s` blocks the server's event loop (one stuck model: requests queue up);
+    with `parallel` it only delays each answer (a model server with spare capacity)."""
     app = FastAPI()
     app.state.calls = 0
 
@@ -28,7 +31,9 @@ def create_stub_app(mode: str = "ok", delay_s: float = 0.0) -> FastAPI:
         app.state.calls += 1
         if mode == "error":
             raise HTTPException(status_code=500, detail="upstream exploded")
-        if delay_s:
+        if delay_s and parallel:
+            await asyncio.sleep(delay_s)
+        elif delay_s:
             time.sleep(delay_s)  # blocks this worker on purpose: a stuck model
         last = body["messages"][-1]["content"]
         n = int(body.get("n", 1))

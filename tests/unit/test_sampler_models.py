@@ -140,6 +140,30 @@ def test_completion_respects_its_deadline_and_drops_when_too_few(tmp_path: Path)
     assert registry.get_sample_value("rlhf_sampler_rejections_total", {"reason": "too_few_candidates"}) == 1
 
 
+def test_a_budget_window_completes_its_tasks_together_within_one_deadline(tmp_path: Path) -> None:
+    """Closing a window runs inside the consumer loop's tick: four held tasks that each
+    wait 1 s for a candidate took 4 s one after another (N deadlines for N tasks, up to
+    20 s each); asked together they take about one answer's time."""
+    with serve(create_stub_app(delay_s=1.0, parallel=True)) as slow:
+        settings = CompletionSettings(target_candidates=2, deadline_s=3.0, max_concurrency=4, endpoints=[
+            CompletionEndpoint(name="slow", base_url=slow, model="slow", timeout_s=5.0)])
+        completer = CandidateCompleter(settings)
+        clock = Clock(now=0.0)
+        rule = SamplingRule(name="window", strategy="uniform", budget=Budget(max_tasks=4), window_s=60)
+        sampler, registry = make_sampler(tmp_path, [rule], clock, completer=completer)
+        for i in range(6):
+            assert sampler.handle(output(f"held-{i}", n=1), None) == []  # type: ignore[arg-type]
+        clock.now = 61
+        started = time.monotonic()
+        emitted = sampler.due()
+        elapsed = time.monotonic() - started
+        sampler.delivered(emitted)
+        completer.close()
+    assert len(emitted) == 4 and all(len(t.candidates) == 2 for t in tasks_of(emitted))
+    assert elapsed < 2.0, f"the window's completions ran one after another ({elapsed:.1f} s)"
+    assert registry.get_sample_value("rlhf_sampler_rejections_total", {"reason": "budget"}) == 2
+
+
 def test_completion_timeout_per_endpoint(tmp_path: Path) -> None:
     with serve(create_stub_app(delay_s=2.0)) as slow:
         settings = CompletionSettings(target_candidates=3, deadline_s=10, endpoints=[
