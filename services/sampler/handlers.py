@@ -227,7 +227,13 @@ class Sampler:
     def _judge_uncertainty(self, rule: SamplingRule, output: ModelOutput, coin: float) -> Verdict:
         rewards = None
         if self._reward is not None and len(output.candidates) >= 2:
-            rewards = self._reward.rewards(prompt_messages(output), [c.text for c in output.candidates])
+            # Scored as the task will carry it: redacted text is what annotators rank and
+            # what the reward model is trained on, so the margin must be on it too.
+            conversation, candidates = list(output.conversation), list(output.candidates)
+            if self._redactor is not None:
+                conversation, candidates = self._redact(conversation, candidates, count=False)
+            rewards = self._reward.rewards(prompt_messages(output.model_copy(update={"conversation": conversation})),
+                                           [c.text for c in candidates])
         if rewards is None:
             self._metrics.uncertainty_fallbacks.inc()
             return Verdict(coin < rule.fallback_rate, 0.0, coin)
@@ -296,8 +302,10 @@ class Sampler:
             app=output.app, tags=list(output.tags),
         )
 
-    def _redact(self, conversation: list[ChatMessage], candidates: list[Candidate]
+    def _redact(self, conversation: list[ChatMessage], candidates: list[Candidate], count: bool = True
                 ) -> tuple[list[ChatMessage], list[Candidate]]:
+        """`count`: add what was found to the redaction metrics (once per task, not
+        again when the same text is only scored)."""
         assert self._redactor is not None
         found: Counter[str] = Counter()
         new_conversation = []
@@ -310,7 +318,7 @@ class Sampler:
             text, hits = self._redactor.redact(candidate.text)
             found += hits
             new_candidates.append(candidate.model_copy(update={"text": text}))
-        for kind, n in found.items():
+        for kind, n in found.items() if count else ():
             self._metrics.redactions.labels(kind).inc(n)
         return new_conversation, new_candidates
 

@@ -79,6 +79,32 @@ def test_uncertainty_prefers_small_reward_margins(tmp_path: Path, tiny_reward_mo
     assert chosen == set(sorted(margins, key=margins.get)[:3])  # type: ignore[arg-type]
 
 
+def test_uncertainty_is_scored_on_the_redacted_text_the_task_carries(tmp_path: Path,
+                                                                      tiny_reward_model: Path) -> None:
+    """With redaction on, annotators rank (and the reward model trains on) the redacted
+    text, so the margin that picks a task must be computed on it too."""
+    from services.sampler.redaction import RedactionSettings, Redactor
+
+    scorer = RewardScorer(directory_locator(str(tiny_reward_model)))
+    rule = SamplingRule(name="unc-all", strategy="uncertainty")
+    sampler, registry = make_sampler(tmp_path, [rule], reward_scorer=scorer,
+                                     redactor=Redactor.from_settings(RedactionSettings(enabled=True)))
+    raw = output("pii", "Write to jane.doe@example.com about my card", n=2)
+    raw = raw.model_copy(update={"candidates": [
+        raw.candidates[0].model_copy(update={"text": "Sure, I will mail jane.doe@example.com today."}),
+        raw.candidates[1].model_copy(update={"text": "No."})]})
+    [task] = tasks_of(sampler.handle(raw, None))  # type: ignore[arg-type]
+    assert "[EMAIL]" in task.prompt[0].content and "[EMAIL]" in task.candidates[0].text
+    rewards = scorer.rewards([{"role": m.role, "content": m.content} for m in task.prompt],
+                             [c.text for c in task.candidates])
+    unredacted = scorer.rewards([{"role": "user", "content": raw.conversation[0].content}],
+                                [c.text for c in raw.candidates])
+    assert rewards is not None and unredacted is not None
+    assert task.sampling.score == pytest.approx(abs(rewards[0] - rewards[1]), abs=1e-6)
+    assert abs(unredacted[0] - unredacted[1]) != pytest.approx(task.sampling.score, abs=1e-6)
+    assert registry.get_sample_value("rlhf_sampler_redactions_total", {"kind": "email"}) == 2  # counted once
+
+
 def test_novelty_with_minilm_suppresses_paraphrases_not_new_topics(tmp_path: Path) -> None:
     rule = SamplingRule(name="novel", strategy="novelty", min_score=0.25)
     sampler, _ = make_sampler(tmp_path, [rule], novelty=NoveltyMemory(MiniLMEncoder()), dedupe_window_s=0)
