@@ -36,7 +36,8 @@ def doomed(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 def capture(doomed: EmbeddedBroker) -> Iterator[RunningCapture]:
     with AppServer(create_upstream(), "127.0.0.1", 0, log_level="warning", graceful_s=1) as upstream:
         settings = capture_settings(doomed.kafka_settings(**FAST_GROUP), publish_timeout_s=PUBLISH_TIMEOUT_S,
-                                    retry_after_s=7, proxy_upstream_url=f"http://127.0.0.1:{upstream.port}/v1")
+                                    retry_after_s=7, proxy_upstream_url=f"http://127.0.0.1:{upstream.port}/v1",
+                                    proxy_upstream_api_key=UPSTREAM_KEY)
         with running_capture(settings, OUTPUTS) as running:
             yield running
 
@@ -61,7 +62,7 @@ def test_broker_down_is_503_with_retry_after_never_202(doomed: EmbeddedBroker, c
 
 
 def test_broker_down_never_fails_the_proxied_request(doomed: EmbeddedBroker, capture: RunningCapture) -> None:
-    client = openai.OpenAI(base_url=f"{capture.base_url}/v1", api_key=UPSTREAM_KEY, max_retries=0)
+    client = openai.OpenAI(base_url=f"{capture.base_url}/v1", api_key=TOKEN, max_retries=0)
     messages = [{"role": "user", "content": "hi"}]
     client.chat.completions.create(model="m", messages=messages)
     assert wait_for(lambda: capture.metric("rlhf_capture_events_accepted_total", source="proxy") == 1, 10)
