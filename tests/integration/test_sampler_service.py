@@ -59,3 +59,41 @@ def test_outputs_in_tasks_out_with_rule_metadata_and_dead_letters(tmp_path: Path
     assert all(t.sampling.rule == "neg" for t in tasks)
     assert len(dead) == 1
     assert registry.get_sample_value("rlhf_sampler_rejections_total", {"reason": "no_rule"}) == 5
+
+
+def test_a_slow_completion_endpoint_does_not_get_the_sampler_dropped_from_its_group(tmp_path: Path) -> None:
+    """Eight outputs each wait 1.5 s for a missing candidate: one 12 s batch, with a 5 s
+    poll interval. The sampler must stay in its group (never redo finished work), and
+    every output gets exactly one task, completed."""
+    from tests.helpers.openai_stub import create_stub_app, serve
+
+    with EmbeddedBroker(log_file=tmp_path / "tansu.log") as broker, \
+            serve(create_stub_app(delay_s=1.5, parallel=True)) as slow:
+        kafka = broker.kafka_settings(**FAST_GROUP).model_copy(update={"max_poll_interval_ms": 5000})
+        settings = SamplerSettings(
+            kafka=kafka, http={"host": "127.0.0.1", "port": 0}, data_dir=str(tmp_path),
+            sampler={"rules": [{"name": "all", "strategy": "uniform", "rate": 1.0}], "dedupe_window_s": 0,
+                     "completion": {"target_candidates": 2, "deadline_s": 3.0, "endpoints": [
+                         {"name": "slow", "base_url": slow, "model": "slow", "timeout_s": 5.0}]}},
+        )
+        registry = CollectorRegistry()
+        sampler = build_sampler(settings, registry)
+        stop = threading.Event()
+        thread = threading.Thread(target=run_consumer_service,
+                                  args=(build_spec(settings, sampler), settings, stop),
+                                  kwargs={"registry": registry})
+        thread.start()
+        producer = EventProducer(kafka)
+        outputs = [factories.model_output(f"slow-{i}", n=1) for i in range(8)]
+        for event in outputs:
+            producer.send(OUTPUTS, event)
+        producer.flush()
+        records = read_topic(kafka, RANKING_TASKS.name, expected=8, timeout_s=60)
+        stop.set()
+        thread.join(30)
+        producer.close()
+    tasks = [RankingTask.model_validate_json(r.value) for r in records]
+    assert sorted(t.output_id for t in tasks) == sorted(o.output_id for o in outputs)
+    assert all(len(t.candidates) == 2 for t in tasks)
+    # each output's candidate was asked for once: no batch was redone after a lost membership
+    assert registry.get_sample_value("rlhf_sampler_completions_total", {"endpoint": "slow", "outcome": "ok"}) == 8
