@@ -22,6 +22,9 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
     # kafka-python logs every reconnect at WARNING/ERROR; the loop reports what matters.
     logging.getLogger("kafka").setLevel(max(logging.getLevelName(level), logging.ERROR))
+    # APScheduler logs every run of every periodic job at INFO (two lines each, every
+    # few seconds); its warnings (a missed or failed job) still come through.
+    logging.getLogger("apscheduler").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 def install_stop_signals(stop: threading.Event, on_second: Callable[[], None] | None = None) -> None:
