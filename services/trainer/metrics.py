@@ -12,7 +12,7 @@ STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 class TrainerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.runs = Counter("rlhf_trainer_runs_total", "Training runs by outcome (succeeded, gated, failed, rejected).",
+        self.runs = Counter("rlhf_trainer_runs_total", "Training runs by outcome (succeeded, gated, failed).",
                             ["outcome"], registry=registry)
         for outcome in RUN_OUTCOMES:  # exported at 0: an alert sees the first failure as an increase
             self.runs.labels(outcome)
