@@ -29,7 +29,7 @@ from .registry import ModelRegistry
 from .reporting import RunReporter
 from .runs import RunCoordinator
 from .settings import TrainerSettings
-from .store import PreferenceStore
+from .store import ACTIVE_STATES, PreferenceStore
 
 
 def topics(settings: TrainerSettings) -> dict[str, Topic]:
@@ -38,18 +38,26 @@ def topics(settings: TrainerSettings) -> dict[str, Topic]:
             "runs": Topic(o.runs_topic, TrainingRunStatus, 1), "updates": Topic(o.updates_topic, ModelUpdate, 1)}
 
 
-def make_executor(settings: TrainerSettings) -> Executor:
+def make_executor(settings: TrainerSettings, reporter: RunReporter | None = None) -> Executor:
     o = settings.trainer
     if o.executor == "kubernetes":
-        return KubernetesJobExecutor(o.kubernetes_image, o.kubernetes_namespace, dry_run=True)
+        # in-cluster config, else a kubeconfig; a Job that fails (OOMKilled, evicted, image pull, deadline)
+        # fails its run with the pod's reason, unless the job already reported its own end
+        return KubernetesJobExecutor.from_options(o, on_failure=reporter and functools.partial(_fail_run, reporter))
     return LocalProcessExecutor()
+
+
+def _fail_run(reporter: RunReporter, run_id: str, reason: str) -> None:
+    run = reporter.store.get_run(run_id)
+    if run is not None and run.state in ACTIVE_STATES:
+        reporter.state(run_id, "failed", reason=reason)
 
 
 def build_coordinator(settings: TrainerSettings, store: PreferenceStore, producer: EventProducer,
                       metrics: TrainerMetrics, executor: Executor | None = None) -> RunCoordinator:
     reporter = RunReporter(store, lambda topic, event: producer.publish(topic, event), settings.trainer)
     registry = ModelRegistry(Path(settings.data_dir) / "registry")
-    return RunCoordinator(settings, store, registry, reporter, executor or make_executor(settings), metrics)
+    return RunCoordinator(settings, store, registry, reporter, executor or make_executor(settings, reporter), metrics)
 
 
 def open_store(settings: TrainerSettings) -> PreferenceStore:

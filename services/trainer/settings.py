@@ -9,7 +9,7 @@ measured value is what it is: docs/trainer.md ("Choosing the defaults").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
@@ -88,6 +88,20 @@ class TrainerOptions(BaseModel):
     check_interval_s: float = Field(default=30.0, gt=0, description="how often the trigger job looks")
     min_preferences: int = Field(default=4, ge=2, description="a manual run needs at least this many")
     heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of prompts held out (by hash)")
+    # The training window (docs/trainer.md, "Training window"): a run trains on the preferences new since
+    # the last finished run plus a recency-weighted replay sample of older ones, so its cost is bounded.
+    train_window_new_max: int = Field(
+        default=10_000, ge=0, description="most new training pairs a run takes, the newest first (0 = all new);"
+                                          " new pairs over the cap join the replay pool")
+    replay_size: int = Field(
+        default=5_000, ge=0, description="older training pairs replayed per run, sampled (deterministic per run"
+                                         " id); a pool no larger than this is taken whole")
+    replay_half_life: float = Field(
+        default=10_000, ge=0, description="recency weighting of the replay sample, in stored preferences: a pair"
+                                          " this many rows older is half as likely to be drawn (0 = uniform)")
+    heldout_sample_max: int = Field(
+        default=2_000, ge=0, description="most held-out pairs a run evaluates on: a stable sample (the same pairs"
+                                         " in every run, by hash) of all held-out pairs (0 = all)")
     eval_prompts_file: str = Field(default="", description="JSONL of {'messages': [...]}: a fixed evaluation set"
                                                            " used beside the held-out traffic prompts")
     lock_stale_s: float = Field(default=120.0, gt=0, description="a run lock whose heartbeat is older is reclaimed")
@@ -101,6 +115,18 @@ class TrainerOptions(BaseModel):
     executor: Literal["local", "kubernetes"] = "local"
     kubernetes_image: str = "rlhf-loop:latest"
     kubernetes_namespace: str = "rlhf"
+    # executor=kubernetes: the Job of each run (docs/trainer.md, "Executors")
+    kubernetes_gpus: int = Field(default=0, ge=0, description="nvidia.com/gpu requested and limited per Job")
+    kubernetes_cpu: str = Field(default="2", description="CPU request of a Job's pod")
+    kubernetes_memory: str = Field(default="8Gi", description="memory request of a Job's pod")
+    kubernetes_memory_limit: str = Field(default="16Gi", description="memory limit (over it: OOMKilled, run failed)")
+    kubernetes_node_selector: dict[str, str] = Field(default_factory=dict, description="JSON, e.g."
+                                                     ' {"nvidia.com/gpu.present": "true"}')
+    kubernetes_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="JSON list of tolerations")
+    kubernetes_ttl_s: int = Field(default=86400, ge=0, description="ttlSecondsAfterFinished of a finished Job")
+    kubernetes_deadline_s: int = Field(default=43200, ge=0, description="activeDeadlineSeconds of a Job (0: none)")
+    kubernetes_job_service_account: str = Field(default="rlhf-loop", description="the Job pod's ServiceAccount"
+                                                " (it never calls the API)")
     canary_fraction: float = Field(default=0.1, ge=0, le=1, description="traffic share a promoted policy starts with")
     api_token: SecretStr | None = Field(
         default=None, description="bearer token of the run API (/v1/runs, /v1/rollback); unset: generated once"

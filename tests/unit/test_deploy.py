@@ -176,6 +176,28 @@ def test_every_empty_dir_is_size_limited(manifests: tuple[str, list[dict[str, An
                 assert volume["emptyDir"].get("sizeLimit"), f"{name}: emptyDir {volume['name']} has no sizeLimit"
 
 
+# What the trainer's Kubernetes Job executor calls (tests/unit/test_trainer_kubernetes_executor.py
+# checks that it calls no more): a Role over jobs and pods, in its own namespace.
+TRAINER_RULES = [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "list", "watch", "delete"]},
+                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
+
+
+def test_the_trainer_may_run_jobs_in_its_namespace_and_nothing_more(
+        manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    [role] = by_kind(docs, "Role").values()
+    assert role["rules"] == TRAINER_RULES and role["metadata"]["namespace"] == "rlhf-loop"
+    [binding] = by_kind(docs, "RoleBinding").values()
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rlhf-loop-trainer", "namespace": "rlhf-loop"}]
+    accounts = by_kind(docs, "ServiceAccount")
+    # no token unless a pod asks for it; the services' own account has no binding at all
+    assert accounts["rlhf-loop-trainer"]["automountServiceAccountToken"] is False
+    assert accounts["rlhf-loop"]["automountServiceAccountToken"] is False
+
+
 def test_alert_rules_check_and_unit_tests_pass() -> None:
     promtool = tool("promtool")
     rules = DEPLOY / "prometheus"
