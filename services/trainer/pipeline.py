@@ -4,8 +4,9 @@ publish. Runs inside the job process (see run_job.py); every stage boundary is a
 
 - reward_model: first the *live agreement* — the promoted reward model scores the
   rankings that arrived since it was trained, the honest number for how well it
-  predicts annotators on traffic it never saw; then a new model on every training
-  pair so far, gated on held-out pairs.
+  predicts annotators on traffic it never saw; then a new model on the run's training
+  window (every pair new since the last finished run plus a replay sample of older
+  ones: store.training_window), gated on a stable sample of held-out pairs.
 - policy: the candidate starts from the promoted policy's adapter (policies build on
   each other); KL is measured against the base or the incumbent (`reference`).
 - evaluate: candidate vs incumbent on held-out prompts, judged independently of the
@@ -61,6 +62,7 @@ class Snapshot:
     heldout: list[PreferenceRow]
     train_prompts: list[Prompt]
     heldout_prompts: list[Prompt]
+    window: dict[str, int] = field(default_factory=dict)  # TrainingWindow.describe()
 
     def lineage(self) -> dict[str, Any]:
         rows = self.train + self.heldout
@@ -68,22 +70,27 @@ class Snapshot:
         return {"preference_count": len(rows), "train_pairs": len(self.train), "heldout_pairs": len(self.heldout),
                 "seq_range": [min(r.seq for r in rows), max(r.seq for r in rows)] if rows else None,
                 "time_range": [times[0], times[-1]] if times else None,
-                "guideline_versions": sorted({r.guideline_version for r in rows})}
+                "guideline_versions": sorted({r.guideline_version for r in rows}), "window": self.window}
 
     def since(self, seq: int) -> list[PreferenceRow]:
         return [r for r in self.train + self.heldout if r.seq > seq]
 
 
-def take_snapshot(store: PreferenceStore, watermark: int, heldout_fraction: float) -> Snapshot:
-    """Everything up to the run's watermark, split by prompt hash: a prompt is either
-    trained on or held out, never both."""
-    prefs = store.preferences_upto(watermark)
-    train = [p for p in prefs if not is_heldout(p.prompt_hash, heldout_fraction)]
-    heldout = [p for p in prefs if is_heldout(p.prompt_hash, heldout_fraction)]
+def take_snapshot(store: PreferenceStore, watermark: int, opts: TrainerOptions, run_id: str = "") -> Snapshot:
+    """The run's window up to its watermark (store.training_window): every training pair
+    new since the last finished run, a replay sample of older ones (deterministic for the
+    run id) and a stable sample of the held-out pairs, split by prompt hash: a prompt is
+    either trained on or held out, never both. A store smaller than the window is taken
+    whole, as before windows."""
+    window = store.training_window(
+        watermark, heldout_fraction=opts.heldout_fraction, start=store.window_start(watermark, run_id),
+        seed=f"{run_id}:{opts.hyper.seed}", new_max=opts.train_window_new_max, replay_size=opts.replay_size,
+        replay_half_life=opts.replay_half_life, heldout_max=opts.heldout_sample_max)
     prompts = store.prompts()
-    return Snapshot(train, heldout,
-                    [m for h, m in prompts if not is_heldout(h, heldout_fraction)],
-                    [m for h, m in prompts if is_heldout(h, heldout_fraction)])
+    return Snapshot(window.train, window.heldout,
+                    [m for h, m in prompts if not is_heldout(h, opts.heldout_fraction)],
+                    [m for h, m in prompts if is_heldout(h, opts.heldout_fraction)],
+                    window=window.describe())
 
 
 def load_eval_prompts(path: str) -> list[Prompt]:
@@ -156,7 +163,7 @@ class TrainingRun:
         cache = FeatureCache(self.work_dir / "features.sqlite") if self.work_dir else None
         self.reporter.state(self.run_id, "started")
         with self.stage("snapshot"):
-            snap = take_snapshot(self.store, self.watermark, opts.heldout_fraction)
+            snap = take_snapshot(self.store, self.watermark, opts, self.run_id)
             if len(snap.train) < 1 or len(snap.heldout) < 1:
                 raise ValueError(f"need train and held-out pairs; have {len(snap.train)} train, "
                                  f"{len(snap.heldout)} held-out (more distinct prompts needed)")

@@ -23,7 +23,9 @@ it; its pairs travel back to back on one partition, so that window is millisecon
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -114,6 +116,65 @@ class PreferenceRow:
     margin: float
     guideline_version: str
     created_at: str
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """What one run trains and evaluates on (`PreferenceStore.training_window`); rows in
+    `seq` order."""
+
+    new: list[PreferenceRow]  # training pairs above `start`: all of them, or the newest `new_max`
+    replay: list[PreferenceRow]  # a recency-weighted sample of the older training pairs
+    heldout: list[PreferenceRow]  # a stable sample of the held-out pairs (by hash, the same in every run)
+    start: int  # new = `seq` above this: the watermark of the last finished run before this one
+    new_total: int  # live training pairs above `start` (before the cap)
+    replay_pool: int  # training pairs the replay was drawn from
+    heldout_total: int  # live held-out pairs up to the watermark
+
+    @property
+    def train(self) -> list[PreferenceRow]:
+        return sorted(self.new + self.replay, key=lambda r: r.seq)
+
+    def describe(self) -> dict[str, int]:
+        """For the manifest: how the run's data was chosen."""
+        return {"start": self.start, "new": len(self.new), "new_total": self.new_total,
+                "replay": len(self.replay), "replay_pool": self.replay_pool,
+                "heldout": len(self.heldout), "heldout_total": self.heldout_total}
+
+
+MASK64 = (1 << 64) - 1
+
+
+def seed64(text: str) -> int:
+    """A string seed as 64 bits (the run's replay seed; "heldout" for the held-out sample)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def mix64(seed: int, seq: int) -> int:
+    """A 64-bit hash of (seed, seq): splitmix64's finaliser, cheap enough for every row."""
+    z = (seed + seq * 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def replay_key(seed: int, seq: int, age: int, half_life: float) -> float:
+    """Weighted sampling without replacement (Efraimidis-Spirakis A-Res): the `k` largest
+    u^(1/w) are a sample drawn with probabilities proportional to w. Kept in log space,
+    log(w) - log(-log u) (the same order, no underflow for old rows), with w =
+    2^(-age/half_life) and u a hash of (seed, seq): deterministic for a seed."""
+    u = (mix64(seed, seq) + 0.5) * 2.0**-64
+    log_w = -age * math.log(2) / half_life if half_life > 0 else 0.0
+    return log_w - math.log(-math.log(u))
+
+
+HELDOUT_SEED = seed64("heldout")
+
+
+def heldout_key(seq: int) -> int:
+    """The held-out sample is the `k` smallest of these (bottom-k): the same in every run,
+    and a pair leaves it only for a newer one with a smaller key."""
+    return mix64(HELDOUT_SEED, seq)
 
 
 @dataclass(frozen=True)
@@ -306,6 +367,81 @@ class PreferenceStore:
                               prompt_hash=r["prompt_hash"], chosen=r["chosen"], rejected=r["rejected"],
                               margin=r["margin"], guideline_version=r["guideline_version"],
                               created_at=r["created_at"]) for r in rows]
+
+    def window_start(self, watermark: int, run_id: str = "") -> int:
+        """The watermark of the newest finished run below `watermark` (not `run_id`
+        itself): a run's new preferences are the ones above it. Below, not at: a rerun
+        of a run, or a second run at the same watermark, gets the same window again."""
+        marks = ",".join("?" * len(TRAINED_STATES))
+        return int(self._scalar(f"SELECT COALESCE(MAX(watermark), 0) FROM runs WHERE state IN ({marks})"
+                                " AND watermark < ? AND run_id != ?", *TRAINED_STATES, watermark, run_id))
+
+    def training_window(self, watermark: int, *, heldout_fraction: float, start: int, seed: str,
+                        new_max: int = 0, replay_size: int = 0, replay_half_life: float = 0.0,
+                        heldout_max: int = 0, chunk: int = 2048) -> TrainingWindow:
+        """A run's bounded share of the live preferences up to `watermark`: the training
+        pairs above `start` (the newest `new_max`; 0 = all), `replay_size` older training
+        pairs sampled by recency (`replay_key`, deterministic for `seed`), and at most
+        `heldout_max` held-out pairs (0 = all; `heldout_key`, the same sample in every
+        run). Split by prompt hash as every snapshot is.
+
+        Streamed: one pass over (seq, prompt_hash) of the live rows, newest first, from a
+        cursor `chunk` rows at a time, keeping only the chosen `seq`s (two bounded heaps
+        and the new ones), then the chosen rows read in full: memory is the window's, not
+        the store's. Both reads are one read transaction, so they see the same rows."""
+        new: list[int] = []
+        replay: list[tuple[float, int]] = []  # min-heap: the `replay_size` largest keys
+        heldout: list[tuple[int, int]] = []  # max-heap (negated): the `heldout_max` smallest keys
+        new_total = pool = heldout_total = 0
+        replay_seed = seed64(seed)
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                cursor = self._conn.cursor()
+                cursor.row_factory = None  # plain tuples: this loop sees every row
+                cursor.execute(f"SELECT seq, prompt_hash FROM preferences WHERE seq <= ? AND {LIVE}"
+                               " ORDER BY seq DESC", (watermark,))
+                while rows := cursor.fetchmany(chunk):
+                    for seq, phash in rows:
+                        if is_heldout(phash, heldout_fraction):
+                            heldout_total += 1
+                            item = (-heldout_key(seq), seq)
+                            if not heldout_max or len(heldout) < heldout_max:
+                                heapq.heappush(heldout, item)
+                            elif item > heldout[0]:
+                                heapq.heapreplace(heldout, item)
+                            continue
+                        if seq > start:
+                            new_total += 1
+                            if not new_max or len(new) < new_max:
+                                new.append(seq)
+                                continue
+                        pool += 1
+                        if replay_size:
+                            key = (replay_key(replay_seed, seq, watermark - seq, replay_half_life), seq)
+                            if len(replay) < replay_size:
+                                heapq.heappush(replay, key)
+                            elif key > replay[0]:
+                                heapq.heapreplace(replay, key)
+                rows_of = self._rows_by_seq([*new, *(s for _k, s in replay), *(s for _k, s in heldout)])
+            finally:
+                self._conn.execute("COMMIT")
+        return TrainingWindow(new=[rows_of[s] for s in sorted(new)],
+                              replay=[rows_of[s] for s in sorted(s for _k, s in replay)],
+                              heldout=[rows_of[s] for s in sorted(s for _k, s in heldout)],
+                              start=start, new_total=new_total, replay_pool=pool, heldout_total=heldout_total)
+
+    def _rows_by_seq(self, seqs: list[int], chunk: int = 500) -> dict[int, PreferenceRow]:
+        found: dict[int, PreferenceRow] = {}
+        for at in range(0, len(seqs), chunk):
+            part = seqs[at:at + chunk]
+            for r in self._conn.execute(f"SELECT * FROM preferences WHERE seq IN ({','.join('?' * len(part))})",
+                                        part):
+                found[r["seq"]] = PreferenceRow(
+                    seq=r["seq"], preference_id=r["preference_id"], prompt=json.loads(r["prompt_json"]),
+                    prompt_hash=r["prompt_hash"], chosen=r["chosen"], rejected=r["rejected"], margin=r["margin"],
+                    guideline_version=r["guideline_version"], created_at=r["created_at"])
+        return found
 
     def prompts(self, limit: int = 10_000) -> list[tuple[str, list[dict[str, str]]]]:
         """(hash, messages) of every distinct prompt: captured outputs plus preference prompts."""
