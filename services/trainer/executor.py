@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .distributed import launch_command
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -77,12 +79,27 @@ class ProcessHandle:
 
 
 class LocalProcessExecutor:
+    """A child process per run; `num_processes` > 1 starts it under `accelerate launch`
+    on this machine (distributed.py), the rendezvous on `rendezvous_port`."""
+
+    def __init__(self, num_processes: int = 1, *, config_file: str = "", rendezvous_port: int = 29500) -> None:
+        self.num_processes, self.config_file, self.rendezvous_port = num_processes, config_file, rendezvous_port
+
+    @classmethod
+    def from_options(cls, options: Any) -> LocalProcessExecutor:
+        return cls(options.num_processes, config_file=options.accelerate_config_file,
+                   rendezvous_port=options.rendezvous_port)
+
+    def command(self, job_file: Path) -> list[str]:
+        return launch_command(job_file, num_processes=self.num_processes, config_file=self.config_file,
+                              port=self.rendezvous_port)
+
     def submit(self, spec: JobSpec) -> ProcessHandle:
         spec.log_file.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
         with open(spec.log_file, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "services.trainer.run_job", str(spec.job_file)],
+                self.command(spec.job_file),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(),
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
@@ -107,9 +124,11 @@ KILLED = -signal.SIGKILL  # what wait() returns for a Job the trainer deleted (a
 log = logging.getLogger(__name__)
 
 
-def job_name(run_id: str) -> str:
-    """A DNS-1123 label (a Job's name becomes a pod label): the whole run id, so names never collide."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"rlhf-train-{run_id}".lower())[:63].rstrip("-")
+def job_name(run_id: str, *, indexed: bool = False) -> str:
+    """A DNS-1123 label (a Job's name becomes a pod label): the whole run id, so names
+    never collide. An indexed Job's pods are named `<job>-<index>` as their hostnames,
+    which must be labels too: 7 characters are left for that."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"rlhf-train-{run_id}".lower())[:56 if indexed else 63].rstrip("-")
 
 
 class KubernetesJobExecutor:
@@ -128,6 +147,15 @@ class KubernetesJobExecutor:
     deletes it), DeadlineExceeded (activeDeadlineSeconds). kill() deletes the Job
     with propagationPolicy Foreground (its pod goes with it).
 
+    More than one process (`num_processes`, GPUs per pod) runs the job under
+    `accelerate launch` in the pod. More than one node (`num_nodes`) makes the Job
+    Indexed, one pod per node: each pod's machine rank is its completion index, and
+    rank 0 is reached at `<job>-0.<subdomain>` through the headless Service the
+    manifests ship (deploy/k8s/base/trainer-jobs.yaml). Those pods cannot all sit on
+    the trainer's node, so a multi-node run needs the data volume on a ReadWriteMany
+    class whose file locking SQLite can trust (README, "Training on more than one
+    node"); the pod affinity is left out.
+
     `api_client`: an ApiClient or a Configuration (tests point it at an API double);
     by default in-cluster config, falling back to a kubeconfig ($KUBECONFIG,
     ~/.kube/config). `on_failure(run_id, reason)` is told why a Job failed before
@@ -138,7 +166,8 @@ class KubernetesJobExecutor:
                  memory_limit: str = "16Gi", node_selector: dict[str, str] | None = None,
                  tolerations: list[dict[str, Any]] | None = None, ttl_s: int = 86400, deadline_s: int = 0,
                  service_account: str = "rlhf-loop", colocate_with: dict[str, str] | None = None,
-                 api_client: Any = None, watch_s: int = 10, api_patience_s: float = 300.0,
+                 num_processes: int = 1, num_nodes: int = 1, accelerate_config_file: str = "",
+                 rendezvous_port: int = 29500, subdomain: str = "rlhf-trainer-jobs", api_client: Any = None, watch_s: int = 10, api_patience_s: float = 300.0,
                  on_failure: Callable[[str, str], None] | None = None) -> None:
         self.image, self.namespace, self.gpus = image, namespace, gpus
         self.cpu, self.memory, self.memory_limit = cpu, memory, memory_limit
@@ -146,6 +175,8 @@ class KubernetesJobExecutor:
         self.ttl_s, self.deadline_s, self.service_account = ttl_s, deadline_s, service_account
         self.colocate_with = {"app.kubernetes.io/name": "trainer"} if colocate_with is None else colocate_with
         self.watch_s, self.api_patience_s, self.on_failure = watch_s, api_patience_s, on_failure
+        self.num_processes, self.num_nodes, self.config_file = num_processes, num_nodes, accelerate_config_file
+        self.rendezvous_port, self.subdomain = rendezvous_port, subdomain
         self._api_client = api_client
         self._api_lock = threading.Lock()
 
@@ -157,7 +188,9 @@ class KubernetesJobExecutor:
                    memory=o.kubernetes_memory, memory_limit=o.kubernetes_memory_limit,
                    node_selector=o.kubernetes_node_selector, tolerations=o.kubernetes_tolerations,
                    ttl_s=o.kubernetes_ttl_s, deadline_s=o.kubernetes_deadline_s,
-                   service_account=o.kubernetes_job_service_account, **kwargs)
+                   service_account=o.kubernetes_job_service_account, num_processes=o.num_processes,
+                   num_nodes=o.num_nodes, accelerate_config_file=o.accelerate_config_file,
+                   rendezvous_port=o.rendezvous_port, subdomain=o.kubernetes_job_subdomain, **kwargs)
 
     # -- the API ----------------------------------------------------------------------
 
@@ -195,8 +228,14 @@ class KubernetesJobExecutor:
         gpu = {"nvidia.com/gpu": str(self.gpus)} if self.gpus else {}
         resources = {"requests": {"cpu": self.cpu, "memory": self.memory, **gpu},
                      "limits": {"memory": self.memory_limit, **gpu}}
-        name = job_name(spec.run_id)
+        indexed = self.num_nodes > 1
+        name = job_name(spec.run_id, indexed=indexed)
         data_dir = payload["settings"]["data_dir"]
+        command = launch_command(
+            spec.job_file, num_processes=self.num_processes, num_nodes=self.num_nodes, config_file=self.config_file,
+            machine_rank="$(JOB_COMPLETION_INDEX)" if indexed else "0",  # Kubernetes expands $(VAR) in args
+            main_address=f"{name}-0.{self.subdomain}" if indexed else "127.0.0.1", port=self.rendezvous_port,
+            python="python")
         labels = {JOB_LABEL: JOB_LABEL_VALUE, "app.kubernetes.io/part-of": "rlhf-loop", RUN_LABEL: spec.run_id}
         pod: dict[str, Any] = {
             "restartPolicy": "Never",
@@ -207,7 +246,7 @@ class KubernetesJobExecutor:
             "containers": [{
                 "name": "train", "image": self.image,
                 # the job file lives on the data volume, where the service wrote it
-                "command": ["python", "-m", "services.trainer.run_job", str(spec.job_file)],
+                "command": command,
                 # the trainer Deployment's own Kafka user and CA (deploy/k8s/base/kafka-users.yaml)
                 "env": [{"name": "RLHF_KAFKA__SASL_PASSWORD",
                          "valueFrom": {"secretKeyRef": {"name": KAFKA_USER_SECRET, "key": "password"}}},
@@ -231,7 +270,10 @@ class KubernetesJobExecutor:
             pod["nodeSelector"] = self.node_selector
         if self.tolerations:
             pod["tolerations"] = self.tolerations
-        if self.colocate_with:  # the data volume is ReadWriteOnce: the trainer's node
+        if indexed:
+            pod["subdomain"] = self.subdomain  # <job>-<index>.<subdomain>: how the ranks find rank 0
+            pod["containers"][0]["ports"] = [{"name": "rendezvous", "containerPort": self.rendezvous_port}]
+        elif self.colocate_with:  # the data volume is ReadWriteOnce: the trainer's node
             pod["affinity"] = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
                 {"labelSelector": {"matchLabels": self.colocate_with}, "topologyKey": "kubernetes.io/hostname"}]}}
         job_spec: dict[str, Any] = {
@@ -239,6 +281,8 @@ class KubernetesJobExecutor:
             "ttlSecondsAfterFinished": self.ttl_s,
             "template": {"metadata": {"labels": labels}, "spec": pod},
         }
+        if indexed:  # one pod per node; one failed pod fails the Job (backoffLimit 0), so the run
+            job_spec.update(completionMode="Indexed", completions=self.num_nodes, parallelism=self.num_nodes)
         if self.deadline_s:
             job_spec["activeDeadlineSeconds"] = self.deadline_s
         return {"apiVersion": "batch/v1", "kind": "Job",

@@ -12,6 +12,11 @@ publish. Runs inside the job process (see run_job.py); every stage boundary is a
 - evaluate: candidate vs incumbent on held-out prompts, judged independently of the
   reward model the candidate was optimised against (judge.py, gates.py).
 
+On more than one process (distributed.py) every rank runs this same code: the
+reward model and the policy train on all of them, rank 0's reads of the registry and
+of the store are broadcast so the ranks never diverge, and rank 0 alone publishes,
+reports and evaluates (the other ranks end after the policy stage).
+
 Nothing becomes visible before the publish stage, and publishing is a rename per
 model (registry.py). Before publishing, the run checks it still holds the run lock:
 if the service restarted and reclaimed the lock (marking this run failed), an
@@ -34,6 +39,7 @@ from kafka.errors import KafkaError
 
 from shared.models.reward import RewardModel
 
+from .distributed import Ranks
 from .evaluate import evaluate_policy
 from .features import FeatureCache
 from .gates import GateResult, policy_gate, reward_model_gate
@@ -136,18 +142,25 @@ class TrainingRun:
     work_dir: Path | None = None  # feature and evaluation caches (DATA_DIR/trainer)
     metrics: dict[str, float] = field(default_factory=dict)
     preference_count: int = 0
+    ranks: Ranks = field(default_factory=Ranks.single)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self._check_owner()
-        self.reporter.state(self.run_id, "stage_started", stage=name)
+        if self.ranks.is_main:
+            self.reporter.state(self.run_id, "stage_started", stage=name)
         started = time.perf_counter()
         yield
         seconds = time.perf_counter() - started
         self.metrics[f"stage_seconds_{name}"] = seconds
-        self.reporter.state(self.run_id, "stage_succeeded", stage=name, metrics={"seconds": seconds})
+        if self.ranks.is_main:
+            self.reporter.state(self.run_id, "stage_succeeded", stage=name, metrics={"seconds": seconds})
 
     def _check_owner(self) -> None:
+        """Rank 0's check (it alone publishes): a run that lost its lock stops there, and
+        the launcher takes the other ranks down with it."""
+        if not self.ranks.is_main:
+            return
         holder = self.store.lock_holder()
         if holder is None or holder.run_id != self.run_id:
             raise RunAborted(f"run {self.run_id} no longer holds the run lock")
@@ -158,12 +171,15 @@ class TrainingRun:
                                            hyper.max_length)
 
     def execute(self) -> str:
-        """Run every stage; returns the terminal state (succeeded | gated)."""
-        opts, hyper = self.options, self.options.hyper
+        """Run every stage; returns the terminal state (succeeded | gated), or `worker`
+        on a rank other than 0 once its share of the training is done."""
+        opts, hyper, ranks = self.options, self.options.hyper, self.ranks
         cache = FeatureCache(self.work_dir / "features.sqlite") if self.work_dir else None
-        self.reporter.state(self.run_id, "started")
+        if ranks.is_main:
+            self.reporter.state(self.run_id, "started")
         with self.stage("snapshot"):
-            snap = take_snapshot(self.store, self.watermark, opts, self.run_id)
+            snap = ranks.broadcast(take_snapshot(self.store, self.watermark, opts, self.run_id)
+                                   if ranks.is_main else None)
             if len(snap.train) < 1 or len(snap.heldout) < 1:
                 raise ValueError(f"need train and held-out pairs; have {len(snap.train)} train, "
                                  f"{len(snap.heldout)} held-out (more distinct prompts needed)")
@@ -174,15 +190,15 @@ class TrainingRun:
 
         with self.stage("reward_model"):
             backbone = self._backbone()
-            prev_rm = self.registry.pointer("reward", "promoted")
+            prev_rm = ranks.broadcast(self.registry.pointer("reward", "promoted"))
             previous = (load_version(self.registry.path("reward", prev_rm), backbone, self.device, hyper.max_length)
                         if prev_rm else None)
             if previous is not None:
                 fresh = snap.since(self.registry.trained_upto("reward", prev_rm))
                 if fresh:
-                    self.metrics["rm_live_agreement"] = accuracy(previous, fresh, cache)
+                    self.metrics["rm_live_agreement"] = accuracy(previous, fresh, cache, ranks)
                     self.metrics["rm_live_pairs"] = len(fresh)
-            rm_dir = self.registry.staging(self.run_id, "reward")
+            rm_dir = ranks.broadcast(self.registry.staging(self.run_id, "reward") if ranks.is_main else None)
             rm_config = RewardModelConfig(
                 output_dir=rm_dir, mode=hyper.rm_mode, layers=hyper.rm_layers, l2=hyper.rm_l2,
                 init_path=(str(self.registry.path("reward", prev_rm))
@@ -191,43 +207,44 @@ class TrainingRun:
                 epochs=hyper.rm_epochs, batch_size=hyper.rm_batch_size, learning_rate=hyper.rm_learning_rate,
                 max_length=hyper.max_length, seed=hyper.seed, device=self.device)
             if hyper.rm_mode == "head":
-                rm = train_head(backbone, snap.train, rm_config, cache)
+                rm = train_head(backbone, snap.train, rm_config, cache, ranks)
                 new_rm: Any = backbone  # its head is the new one now
             else:
-                rm = train_finetuned(snap.train, rm_config)
+                rm = train_finetuned(snap.train, rm_config, ranks)
                 new_rm = RewardModel.load(rm_dir, self.device, hyper.max_length)
-            rm_accuracy = accuracy(new_rm, snap.heldout, cache)
-            prev_accuracy = accuracy(previous, snap.heldout, cache) if previous is not None else None
+            rm_accuracy = accuracy(new_rm, snap.heldout, cache, ranks)
+            prev_accuracy = accuracy(previous, snap.heldout, cache, ranks) if previous is not None else None
             rm_gate = reward_model_gate(rm_accuracy, prev_accuracy, opts.gates, len(snap.heldout))
             self.metrics.update({"rm_accuracy": rm_accuracy, "rm_train_loss": rm.train_loss,
                                  "rm_pairs_per_s": rm.pairs_per_s, "rm_heldout_pairs": len(snap.heldout)})
             if prev_accuracy is not None:
                 self.metrics["rm_previous_accuracy"] = prev_accuracy
             self._check_owner()
-            rm_version = self.registry.publish("reward", rm_dir, {
-                **common_manifest, "parent_version": prev_rm, "mode": hyper.rm_mode,
-                "backbone": opts.reward_base_model,
-                "metrics": {k: v for k, v in self.metrics.items() if k.startswith("rm_")},
-                "gate": {"passed": rm_gate.passed, "reasons": rm_gate.reasons, "notes": rm_gate.notes}})
-            if rm_gate.passed:
-                self.registry.set_pointer("reward", "promoted", rm_version)
+            rm_version = ranks.broadcast(self._publish_reward(rm_dir, rm_gate, common_manifest, prev_rm)
+                                         if ranks.is_main else None)
             del new_rm, previous, backbone
         if not rm_gate.passed:
             return self._finish("gated", rm_gate, model_version=None, rm_version=rm_version)
 
-        incumbent = self.registry.pointer("policy", "promoted")
+        incumbent = ranks.broadcast(self.registry.pointer("policy", "promoted"))
         incumbent_dir = self.registry.path("policy", incumbent) if incumbent else None
         with self.stage("policy"):
-            policy_dir = self.registry.staging(self.run_id, "policy")
+            policy_dir = ranks.broadcast(self.registry.staging(self.run_id, "policy") if ranks.is_main else None)
             prompts = snap.train_prompts or [p.prompt for p in snap.train]
             result = get_optimizer(opts.algorithm).train(
                 PolicyTrainConfig(base_model=opts.base_model, reward_model=str(self.registry.path("reward", rm_version)),
                                   output_dir=policy_dir, hyper=hyper, device=self.device,
                                   init_adapter=str(incumbent_dir) if incumbent_dir and hyper.continue_from_promoted
-                                  else None, reference=hyper.reference),
+                                  else None, reference=hyper.reference, ranks=ranks),
                 PolicyData(prompts=prompts, pairs=pair_rows(snap.train)))
             self.metrics.update(result.metrics)
             self.metrics["policy_episodes_per_s"] = result.episodes_per_s
+            if ranks.distributed:
+                self.metrics["training_processes"] = float(ranks.world_size)
+        if not ranks.is_main:
+            if cache is not None:
+                cache.close()
+            return "worker"  # the adapter is saved (by rank 0); evaluating and publishing are rank 0's
 
         with self.stage("evaluate"):
             judge = self._judge(snap, prev_rm_for_judge=self._judge_rm(rm_version), cache=cache)
@@ -264,6 +281,18 @@ class TrainingRun:
         if cache is not None:
             cache.close()
         return self._finish("succeeded" if gate.passed else "gated", gate, model_version=version, rm_version=rm_version)
+
+    def _publish_reward(self, rm_dir: Path, rm_gate: GateResult, common_manifest: dict[str, Any],
+                        prev_rm: str | None) -> str:
+        opts = self.options
+        rm_version = self.registry.publish("reward", rm_dir, {
+            **common_manifest, "parent_version": prev_rm, "mode": opts.hyper.rm_mode,
+            "backbone": opts.reward_base_model,
+            "metrics": {k: v for k, v in self.metrics.items() if k.startswith("rm_")},
+            "gate": {"passed": rm_gate.passed, "reasons": rm_gate.reasons, "notes": rm_gate.notes}})
+        if rm_gate.passed:
+            self.registry.set_pointer("reward", "promoted", rm_version)
+        return rm_version
 
     def _announce_promotion(self, update: dict[str, Any]) -> bool:
         """Send `promoted` until the broker acknowledges it (the reporter's publish
@@ -311,6 +340,8 @@ class TrainingRun:
         self.metrics["job_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def _finish(self, state: str, gate: GateResult, *, model_version: str | None, rm_version: str) -> str:
+        if not self.ranks.is_main:
+            return state
         self._record_peak_memory()
         reason = "; ".join(gate.reasons) if gate.reasons else None
         self.reporter.state(self.run_id, state, reason=reason, metrics=dict(self.metrics),

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from shared.models.reward import RewardModel, load_tokenizer, read_head, write_rendering
 
 from .bradley_terry import fit_head, pair_accuracy
+from .distributed import Ranks
 from .features import FeatureCache, features_for
 from .store import PreferenceRow
 
@@ -79,27 +80,42 @@ def load_version(path: Path, backbone: RewardModel | None, device: str = "cpu", 
     return RewardModel.load(path, device=device, max_length=max_length)
 
 
-def preference_features(model: Any, prefs: Sequence[PreferenceRow], cache: FeatureCache | None) -> tuple[Any, Any]:
+def preference_features(model: Any, prefs: Sequence[PreferenceRow], cache: FeatureCache | None,
+                        ranks: Ranks | None = None) -> tuple[Any, Any]:
+    """(chosen, rejected) feature rows. On more than one process each rank computes a
+    block of the answers (the backbone's forward passes are the cost) and all ranks
+    end with every row."""
+    ranks = ranks or Ranks.single()
     prompts = [p.prompt for p in prefs]
-    both = features_for(model, prompts + prompts, [p.chosen for p in prefs] + [p.rejected for p in prefs], cache)
+    prompts, answers = prompts + prompts, [p.chosen for p in prefs] + [p.rejected for p in prefs]
+    mine = ranks.shard(len(answers))
+    block = features_for(model, prompts[mine.start:mine.stop], answers[mine.start:mine.stop], cache)
+    both = ranks.gather_rows(block, len(answers))
     return both[:len(prefs)], both[len(prefs):]
 
 
-def accuracy(model: Any, prefs: Sequence[PreferenceRow], cache: FeatureCache | None = None) -> float:
+def accuracy(model: Any, prefs: Sequence[PreferenceRow], cache: FeatureCache | None = None,
+             ranks: Ranks | None = None) -> float:
     """Share of pairs the model orders like the annotators did."""
     if not prefs:
         return 0.0
-    chosen, rejected = preference_features(model, prefs, cache)
+    chosen, rejected = preference_features(model, prefs, cache, ranks)
     scores_c, scores_r = model.scores_of(chosen), model.scores_of(rejected)
     return sum(c > r for c, r in zip(scores_c, scores_r, strict=True)) / len(prefs)
 
 
 def train_head(backbone: RewardModel, prefs: Sequence[PreferenceRow], config: RewardModelConfig,
-               cache: FeatureCache | None) -> RewardModelResult:
+               cache: FeatureCache | None, ranks: Ranks | None = None) -> RewardModelResult:
+    """Features sharded across ranks; every rank fits the same head on all of them (the
+    fit is seconds, and the backbone then scores with it everywhere); rank 0 saves it."""
+    ranks = ranks or Ranks.single()
     started = time.perf_counter()
-    chosen, rejected = preference_features(backbone, prefs, cache)
+    chosen, rejected = preference_features(backbone, prefs, cache, ranks)
     head = fit_head(chosen, rejected, l2=config.l2)
-    backbone.save_head(config.output_dir, head)
+    if ranks.is_main:
+        backbone.save_head(config.output_dir, head)
+    else:
+        backbone.set_head(head)
     seconds = time.perf_counter() - started
     return RewardModelResult(pairs=len(prefs), train_loss=1.0 - pair_accuracy(head, chosen, rejected), seconds=seconds)
 
@@ -111,8 +127,12 @@ def pair_rows(prefs: Sequence[PreferenceRow]) -> list[dict[str, Any]]:
             for p in prefs]
 
 
-def train_finetuned(prefs: Sequence[PreferenceRow], config: RewardModelConfig) -> RewardModelResult:
-    """Warm-start from `init_path`, train with TRL's RewardTrainer, save model + tokenizer."""
+def train_finetuned(prefs: Sequence[PreferenceRow], config: RewardModelConfig,
+                    ranks: Ranks | None = None) -> RewardModelResult:
+    """Warm-start from `init_path`, train with TRL's RewardTrainer, save model + tokenizer.
+    Under `accelerate launch` the trainer runs data-parallel on every rank; rank 0 writes
+    the files and the others wait until they are complete."""
+    ranks = ranks or Ranks.single()
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
@@ -133,11 +153,13 @@ def train_finetuned(prefs: Sequence[PreferenceRow], config: RewardModelConfig) -
     started = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - started
-    trainer.save_model(str(config.output_dir))
-    tok.padding_side = "left"
-    tok.save_pretrained(str(config.output_dir))
-    write_rendering(config.output_dir, config.max_length)  # readers render at the cap it trained at
-    _drop_trainer_leftovers(config.output_dir)
+    trainer.save_model(str(config.output_dir))  # rank 0 only (Trainer.args.should_save)
+    if ranks.is_main:
+        tok.padding_side = "left"
+        tok.save_pretrained(str(config.output_dir))
+        write_rendering(config.output_dir, config.max_length)  # readers render at the cap it trained at
+        _drop_trainer_leftovers(config.output_dir)
+    ranks.barrier()
     del trainer, model
     return RewardModelResult(pairs=len(prefs), train_loss=float(output.training_loss), seconds=seconds)
 

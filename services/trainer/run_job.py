@@ -33,6 +33,7 @@ def run(job: dict[str, Any]) -> int:
     from shared.bus import EventProducer
 
     from .device import resolve_device
+    from .distributed import Ranks
     from .pipeline import RunAborted, TrainingRun
     from .registry import ModelRegistry
     from .reporting import RunReporter
@@ -42,8 +43,12 @@ def run(job: dict[str, Any]) -> int:
     settings = TrainerSettings(**job["settings"])
     data_dir = Path(settings.data_dir)
     run_id = job["run_id"]
+    device = resolve_device(settings.trainer.device)
+    ranks = Ranks.from_launcher(device)  # rank 0 of 1 without `accelerate launch`
+    if ranks.distributed:
+        _die_with_launcher()
     store = PreferenceStore(data_dir / "trainer" / "store.sqlite")
-    producer = EventProducer(settings.kafka)
+    producer = EventProducer(settings.kafka) if ranks.is_main else None  # rank 0 alone reports
     reporter = RunReporter(store, lambda topic, event: producer.publish(topic, event, timeout_s=30),
                            settings.trainer)
     try:
@@ -51,27 +56,39 @@ def run(job: dict[str, Any]) -> int:
             if not (Path(path) / "config.json").is_file():
                 raise FileNotFoundError(f"no model at {path}: run `rlhf-loop models smollm2 {path}` or set "
                                         "RLHF_TRAINER__BASE_MODEL / RLHF_TRAINER__REWARD_BASE_MODEL")
-        device = resolve_device(settings.trainer.device)
         import torch
 
         if settings.trainer.torch_threads:
             torch.set_num_threads(settings.trainer.torch_threads)
         torch.manual_seed(settings.trainer.hyper.seed)
-        logging.getLogger(__name__).info("run %s on %s", run_id, device)
+        logging.getLogger(__name__).info("run %s on %s (rank %d of %d)", run_id, device, ranks.rank,
+                                         ranks.world_size)
         TrainingRun(run_id=run_id, watermark=int(job["watermark"]), options=settings.trainer, store=store,
                     registry=ModelRegistry(data_dir / "registry"), reporter=reporter, device=device,
-                    work_dir=data_dir / "trainer").execute()
+                    work_dir=data_dir / "trainer", ranks=ranks).execute()
         return 0
     except RunAborted as error:
         logging.getLogger(__name__).error("%s", error)
         return EXIT_FAILED
     except Exception as error:
         traceback.print_exc()
-        reporter.state(run_id, "failed", reason=f"{type(error).__name__}: {error}")
+        if ranks.is_main:
+            reporter.state(run_id, "failed", reason=f"{type(error).__name__}: {error}")
+        else:  # the launcher stops rank 0, which cannot report why: the coordinator marks the run failed
+            logging.getLogger(__name__).error("rank %d failed: %s: %s", ranks.rank, type(error).__name__, error)
         return EXIT_FAILED
     finally:
-        producer.close()
+        if producer is not None:
+            producer.close()
         store.close()
+
+
+def _die_with_launcher() -> None:
+    """A rank is the launcher's child: it gets SIGKILL when the launcher dies (the
+    coordinator kills the launcher on cancel or shutdown), so no rank outlives its run."""
+    from .executor import _die_with_parent
+
+    _die_with_parent()
 
 
 def main(argv: list[str]) -> int:

@@ -44,7 +44,7 @@ def make_executor(settings: TrainerSettings, reporter: RunReporter | None = None
         # in-cluster config, else a kubeconfig; a Job that fails (OOMKilled, evicted, image pull, deadline)
         # fails its run with the pod's reason, unless the job already reported its own end
         return KubernetesJobExecutor.from_options(o, on_failure=reporter and functools.partial(_fail_run, reporter))
-    return LocalProcessExecutor()
+    return LocalProcessExecutor.from_options(o)
 
 
 def _fail_run(reporter: RunReporter, run_id: str, reason: str) -> None:

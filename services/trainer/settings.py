@@ -112,6 +112,16 @@ class TrainerOptions(BaseModel):
                                    " reward model starts from; empty: the base model")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(default=0, ge=0, description="CPU threads of a training job; 0 = torch's default")
+    # Distributed training (docs/trainer.md, "More than one process"): the run's job is started under
+    # `accelerate launch`; the reward model and the policy train on every process, rank 0 alone evaluates,
+    # writes the registry and reports.
+    num_processes: int = Field(default=1, ge=1, description="training processes per node (GPUs per node; on a"
+                                                          " CPU, gloo processes); 1: no launcher")
+    num_nodes: int = Field(default=1, ge=1, description="nodes of a run (executor=kubernetes only: an indexed Job"
+                                                       " with one pod per node)")
+    accelerate_config_file: str = Field(default="", description="accelerate config (FSDP, DeepSpeed ZeRO...) passed"
+                                        " to `accelerate launch --config_file`; empty: DDP")
+    rendezvous_port: int = Field(default=29500, ge=1, le=65535, description="rank 0's port for the process group")
     executor: Literal["local", "kubernetes"] = "local"
     kubernetes_image: str = "rlhf-loop:latest"
     kubernetes_namespace: str = "rlhf"
@@ -125,6 +135,8 @@ class TrainerOptions(BaseModel):
     kubernetes_tolerations: list[dict[str, Any]] = Field(default_factory=list, description="JSON list of tolerations")
     kubernetes_ttl_s: int = Field(default=86400, ge=0, description="ttlSecondsAfterFinished of a finished Job")
     kubernetes_deadline_s: int = Field(default=43200, ge=0, description="activeDeadlineSeconds of a Job (0: none)")
+    kubernetes_job_subdomain: str = Field(default="rlhf-trainer-jobs", description="headless Service the pods of"
+                                          " a multi-node Job resolve each other through (deploy/k8s/base)")
     kubernetes_job_service_account: str = Field(default="rlhf-loop", description="the Job pod's ServiceAccount"
                                                 " (it never calls the API)")
     canary_fraction: float = Field(default=0.1, ge=0, le=1, description="traffic share a promoted policy starts with")
@@ -134,6 +146,13 @@ class TrainerOptions(BaseModel):
 
     hyper: Hyperparameters = Hyperparameters()
     gates: GateThresholds = GateThresholds()
+
+    @model_validator(mode="after")
+    def _nodes_need_kubernetes(self) -> "TrainerOptions":
+        if self.num_nodes > 1 and self.executor != "kubernetes":
+            raise ValueError(f"num_nodes={self.num_nodes} needs executor=kubernetes (an indexed Job, one pod per"
+                             " node); the local executor runs on this machine: use num_processes")
+        return self
 
 
 class TrainerSettings(ServiceSettings):

@@ -228,4 +228,8 @@ class RewardModel:
         save_file({"weight": weight.reshape(1, -1).contiguous().float()}, str(directory / HEAD_WEIGHTS))
         (directory / HEAD_CONFIG).write_text(json.dumps(asdict(self.head), indent=2))
         write_rendering(directory, self.max_length)
+        self.set_head(weight)
+
+    def set_head(self, weight) -> None:  # type: ignore[no-untyped-def]
+        """Score with `weight` from now on (without writing it anywhere)."""
         self.classifier.score.weight.data.copy_(weight.reshape(self.classifier.score.weight.shape))

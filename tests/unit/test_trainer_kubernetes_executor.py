@@ -176,3 +176,56 @@ def test_the_settings_shape_the_job(spec: JobSpec, tmp_path: Path) -> None:
     [term] = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term == {"labelSelector": {"matchLabels": {"app.kubernetes.io/name": "trainer"}},
                     "topologyKey": "kubernetes.io/hostname"}
+
+
+def test_a_multi_gpu_pod_runs_the_job_under_accelerate(spec: JobSpec, tmp_path: Path) -> None:
+    from services.trainer.service import make_executor
+
+    settings = TrainerSettings(data_dir=str(tmp_path), trainer={
+        "executor": "kubernetes", "kubernetes_gpus": 4, "num_processes": 4})
+    body = make_executor(settings).render(spec)
+    kubernetes_validate.validate(body, "1.37.0", strict=True)
+    [container] = body["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "accelerate.commands.launch"]
+    assert command[-3:] == ["-m", "services.trainer.run_job", str(spec.job_file)]
+    flags = dict(zip(command[3::2], command[4::2], strict=False))
+    assert flags["--num_processes"] == "4" and flags["--num_machines"] == "1" and "--multi_gpu" in command
+    assert "completionMode" not in body["spec"]  # one node: a plain Job, on the trainer's node
+    assert "podAffinity" in body["spec"]["template"]["spec"]["affinity"]
+
+
+def test_more_than_one_node_is_an_indexed_job_with_the_rendezvous_wired(spec: JobSpec, tmp_path: Path) -> None:
+    from services.trainer.service import make_executor
+
+    config = tmp_path / "fsdp.yaml"
+    settings = TrainerSettings(data_dir=str(tmp_path), trainer={
+        "executor": "kubernetes", "kubernetes_namespace": NS, "kubernetes_gpus": 2, "num_processes": 2,
+        "num_nodes": 3, "accelerate_config_file": str(config), "rendezvous_port": 29600})
+    body = make_executor(settings).render(spec)
+    kubernetes_validate.validate(body, "1.37.0", strict=True)
+    name = body["metadata"]["name"]
+    assert len(name) <= 56 and len(f"{name}-2") <= 63  # pod hostnames <job>-<index> stay DNS labels
+    assert body["spec"]["completionMode"] == "Indexed"
+    assert body["spec"]["completions"] == body["spec"]["parallelism"] == 3 and body["spec"]["backoffLimit"] == 0
+    pod = body["spec"]["template"]["spec"]
+    assert pod["subdomain"] == "rlhf-trainer-jobs" and "affinity" not in pod
+    [container] = pod["containers"]
+    assert container["ports"] == [{"name": "rendezvous", "containerPort": 29600}]
+    command = container["command"]
+    flags = dict(zip(command[3::2], command[4::2], strict=False))
+    assert flags == {**flags, "--config_file": str(config), "--num_processes": "6", "--num_machines": "3",
+                     "--machine_rank": "$(JOB_COMPLETION_INDEX)", "--main_process_ip": f"{name}-0.rlhf-trainer-jobs",
+                     "--main_process_port": "29600"}
+    assert "--multi_gpu" not in command  # the user's accelerate config decides (FSDP here)
+    # the shipped headless Service selects these pods and publishes them before readiness
+    docs = list(yaml.safe_load_all((Path(__file__).parents[2] / "deploy/k8s/base/trainer-jobs.yaml").read_text()))
+    [service] = [d for d in docs if d["kind"] == "Service"]
+    assert service["metadata"]["name"] == pod["subdomain"] and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert all(body["spec"]["template"]["metadata"]["labels"][k] == v for k, v in service["spec"]["selector"].items())
+
+
+def test_more_than_one_node_needs_the_kubernetes_executor(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="num_nodes=2 needs executor=kubernetes"):
+        TrainerSettings(data_dir=str(tmp_path), trainer={"num_nodes": 2})

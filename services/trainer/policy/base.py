@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from ..distributed import Ranks
 from ..settings import Hyperparameters
 
 
@@ -20,6 +21,7 @@ class PolicyTrainConfig:
     device: str = "cpu"
     init_adapter: str | None = None  # the promoted adapter to continue from (None: a fresh adapter)
     reference: Literal["base", "previous"] = "base"  # the KL reference
+    ranks: Ranks = field(default_factory=Ranks.single)  # under `accelerate launch`: this process's rank
 
 
 @dataclass(frozen=True)

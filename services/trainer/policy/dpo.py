@@ -37,7 +37,7 @@ class DpoOptimizer:
         started = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - started
-        save_adapter(trainer.model, config.output_dir)
+        save_adapter(trainer.model, config.output_dir, config.ranks)
         init, note = start.init, start.note
         del trainer, start
         return PolicyResult(algorithm=self.name, episodes=hyper.dpo_steps * hyper.policy_batch_size, seconds=seconds,

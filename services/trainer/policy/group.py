@@ -82,7 +82,7 @@ class GroupOptimizer:
         trainer.train()
         seconds = time.perf_counter() - started
         metrics = history_metrics(trainer.state.log_history, GROUP_METRICS)
-        save_adapter(trainer.model, config.output_dir)
+        save_adapter(trainer.model, config.output_dir, config.ranks)
         init, note = start.init, start.note
         del trainer, start
         return PolicyResult(algorithm=self.name, episodes=hyper.group_steps * per_device, seconds=seconds,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..distributed import Ranks
 from .base import PolicyTrainConfig, lora_config
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,17 @@ def trainable_adapter_only(model: Any) -> None:
         model.delete_adapter(REFERENCE_ADAPTER)
 
 
-def save_adapter(model: Any, output_dir: Path) -> None:
+def save_adapter(model: Any, output_dir: Path, ranks: Ranks | None = None) -> None:
     """The trained adapter's files at the top of `output_dir` (what the policy server
-    and vLLM load), and nothing of the trainer's scratch."""
+    and vLLM load), and nothing of the trainer's scratch. Rank 0 writes (every rank
+    holds the same weights after DDP); the others wait until the files are complete."""
     import shutil
 
-    trainable_adapter_only(model)
-    model.save_pretrained(str(output_dir), selected_adapters=[TRAINED_ADAPTER])
-    shutil.rmtree(output_dir / "_trainer", ignore_errors=True)
-    (output_dir / "training_args.bin").unlink(missing_ok=True)
-    (output_dir / "README.md").unlink(missing_ok=True)  # PEFT's generated model card: the manifest says more
+    ranks = ranks or Ranks.single()
+    if ranks.is_main:
+        trainable_adapter_only(model)
+        model.save_pretrained(str(output_dir), selected_adapters=[TRAINED_ADAPTER])
+        shutil.rmtree(output_dir / "_trainer", ignore_errors=True)
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
+        (output_dir / "README.md").unlink(missing_ok=True)  # PEFT's generated model card: the manifest says more
+    ranks.barrier()

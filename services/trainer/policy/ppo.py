@@ -34,6 +34,19 @@ def generation_suffix(tok: Any) -> list[int]:
     return list(prompted[len(plain):]) if prompted[:len(plain)] == plain else []
 
 
+def expose_policy_through_ddp(trainer: Any) -> None:
+    """TRL's experimental PPOTrainer reads `self.model.policy` for its reference pass
+    (`null_ref_context`, the KL reference with the adapter disabled or switched), and on
+    more than one process `self.model` is the DistributedDataParallel wrapper, which has
+    no `policy`: every multi-process run failed with AttributeError. The wrapped policy
+    is set on the wrapper as a plain attribute — not a registered submodule, so DDP's
+    parameters, buckets and state dict are unchanged; the reference pass runs without
+    gradients, so it needs no DDP synchronisation."""
+    model = trainer.model
+    if not hasattr(model, "policy") and hasattr(model, "module"):
+        object.__setattr__(model, "policy", model.module.policy)
+
+
 class PpoOptimizer:
     name = "ppo"
 
@@ -70,12 +83,13 @@ class PpoOptimizer:
                              reward_model=FinalAnswerReward(reward, tok.eos_token_id, generation_suffix(tok)),
                              train_dataset=dataset,
                              value_model=SharedBackboneValue(reward), peft_config=None)
+        expose_policy_through_ddp(trainer)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
         metrics = history_metrics(trainer.state.log_history, PPO_METRICS)
-        policy = trainer.model.policy
-        save_adapter(policy, config.output_dir)
+        policy = trainer.accelerator.unwrap_model(trainer.model).policy  # DDP wraps it on more than one process
+        save_adapter(policy, config.output_dir, config.ranks)
         init, note = start.init, start.note
         del trainer, reward, start
         return PolicyResult(algorithm=self.name, episodes=args.total_episodes, seconds=seconds, metrics=metrics,
