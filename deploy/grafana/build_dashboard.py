@@ -1,8 +1,10 @@
 """Builds deploy/grafana/rlhf-loop.json, the Grafana dashboard of the loop.
 
-The JSON is committed (importable as is); this script is its source, so panels stay
-consistent (same datasource variable, units, layout) and a test can check that every
-query uses only metrics the services export.
+The JSON is committed (importable as is); this script is its source. It uses Grafana's
+own Python SDK (`grafana-foundation-sdk`, in the `dev` extra), so the JSON follows the
+dashboard schema of the Grafana version the SDK build targets, and every panel shares the
+same datasource variable, units and layout; a test checks that every query uses only
+metrics the services export.
 
 Run: .venv/bin/python deploy/grafana/build_dashboard.py
 """
@@ -11,32 +13,41 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Union
+
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_models
+from grafana_foundation_sdk.models import dashboard as models
 
 OUT = Path(__file__).with_name("rlhf-loop.json")
-DS = {"type": "prometheus", "uid": "${datasource}"}
+DS = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
+KINDS = {"timeseries": timeseries.Panel, "stat": stat.Panel, "table": table.Panel}
+
+Item = Union[dashboard.Row, timeseries.Panel, stat.Panel, table.Panel]
 
 
 def panel(title: str, exprs: list[tuple[str, str]], unit: str = "short", kind: str = "timeseries",
-          width: int = 8, description: str = "") -> dict[str, Any]:
-    return {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-        "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if kind == "timeseries" else {},
-        "targets": [{"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i)}
-                    for i, (expr, legend) in enumerate(exprs)],
-        "gridPos": {"w": width, "h": 8},
-    }
+          width: int = 8, description: str = "") -> Item:
+    p = (KINDS[kind]().title(title).description(description).datasource(DS).unit(unit)
+         .span(width).height(8))
+    for i, (expr, legend) in enumerate(exprs):
+        p = p.with_target(prometheus.Dataquery().datasource(DS).expr(expr).legend_format(legend)
+                          .ref_id(chr(ord("A") + i)))
+    if kind == "timeseries":
+        p = (p.legend(common.VizLegendOptions().show_legend(True)
+                      .display_mode(common_models.LegendDisplayMode.LIST)
+                      .placement(common_models.LegendPlacement.BOTTOM))
+             .tooltip(common.VizTooltipOptions().mode(common_models.TooltipDisplayMode.SINGLE)
+                      .sort(common_models.SortOrder.NONE)))
+    return p
 
 
-def row(title: str) -> dict[str, Any]:
-    return {"type": "row", "title": title, "collapsed": False, "panels": [], "gridPos": {"w": 24, "h": 1}}
+def row(title: str) -> dashboard.Row:
+    return dashboard.Row(title).collapsed(False)
 
 
-PANELS: list[dict[str, Any]] = [
+PANELS: list[Item] = [
     row("Loop funnel: outputs → tasks → rankings → preferences → runs → versions"),
     panel("Outputs captured /s", [("sum by (source) (rate(rlhf_capture_events_accepted_total[5m]))", "{{source}}"),
                                   ("sum(rate(rlhf_policy_captured_total{outcome=\"ok\"}[5m]))", "policy server")],
@@ -98,42 +109,21 @@ PANELS: list[dict[str, Any]] = [
 ]
 
 
-def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Left to right, wrapping at 24 columns; a row always starts a new line."""
-    x = y = line_height = 0
-    for i, p in enumerate(panels):
-        p["id"] = i + 1
-        w, h = p["gridPos"]["w"], p["gridPos"]["h"]
-        if p["type"] == "row" or x + w > 24:
-            x, y, line_height = 0, y + line_height, 0
-        p["gridPos"].update({"x": x, "y": y})
-        x += w
-        line_height = max(line_height, h)
-        if p["type"] == "row":
-            x, y, line_height = 0, y + h, 0
-    return panels
-
-
-def dashboard() -> dict[str, Any]:
-    return {
-        "title": "rlhf-loop",
-        "uid": "rlhf-loop",
-        "tags": ["rlhf-loop"],
-        "timezone": "utc",
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": [{
-            "name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
-            "current": {}, "hide": 0, "refresh": 1,
-        }]},
-        "panels": layout(PANELS),
-    }
+def dashboard_builder() -> dashboard.Dashboard:
+    """Rows are not collapsed, so their panels follow them at the top level (Grafana's model)
+    and the SDK lays everything out left to right, wrapping at 24 columns; ids are 1, 2, ..."""
+    d = (dashboard.Dashboard("rlhf-loop").uid("rlhf-loop").tags(["rlhf-loop"]).timezone("utc")
+         .version(1).refresh("30s").time("now-6h", "now").annotations([])
+         .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus")
+                        .hide(models.VariableHide.DONT_HIDE)))
+    for i, item in enumerate(PANELS):
+        item.id(i + 1)
+        d = d.with_row(item) if isinstance(item, dashboard.Row) else d.with_panel(item)
+    return d
 
 
 def render() -> str:
-    return json.dumps(dashboard(), indent=2) + "\n"
+    return json.dumps(dashboard_builder().build(), cls=JSONEncoder, indent=2) + "\n"
 
 
 if __name__ == "__main__":
