@@ -177,7 +177,7 @@ def full_cycles(root: Path, policy_path: str, rm_base: str, n_pairs: int, episod
                   "ppo_mini_batches": 1}})
     store = PreferenceStore(root / "store.sqlite")
     registry = ModelRegistry(root / "registry")
-    reporter = RunReporter(store, lambda topic, event: None, settings.trainer)  # no broker: events dropped
+    reporter = RunReporter(store, lambda topic, event: None)  # no broker: events dropped
     after: list[float] = []
     for cycle in range(cycles):
         for i in range(n_pairs):
@@ -199,7 +199,7 @@ def daemon_cycles(root: Path, policy_path: str, rm_base: str, cycles: int) -> li
     (real embedded broker for the events); the coordinator's RSS after each."""
     from prometheus_client import CollectorRegistry
 
-    from services.trainer.service import build_coordinator, open_store, topics
+    from services.trainer.service import CONSUMES, PRODUCES, build_coordinator, open_store
     from shared.bus import EventProducer
     from shared.bus.admin import ensure_topics
     from shared.embedded.broker import EmbeddedBroker
@@ -210,7 +210,7 @@ def daemon_cycles(root: Path, policy_path: str, rm_base: str, cycles: int) -> li
     with EmbeddedBroker() as broker:
         kafka = broker.kafka_settings()
         settings = trainer_settings(root, kafka, (Path(policy_path), Path(rm_base)))
-        ensure_topics(kafka, [(t.name, t.partitions) for t in topics(settings).values()])
+        ensure_topics(kafka, [(t.name, t.partitions) for t in {*CONSUMES, *PRODUCES}])
         store, producer = open_store(settings), EventProducer(kafka)
         coordinator = build_coordinator(settings, store, producer, TrainerMetrics(CollectorRegistry()))
         for cycle in range(cycles):

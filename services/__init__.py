@@ -1,1 +1,1 @@
-"""The loop's long-running services, one package each, all built on `services.runner`."""
+"""The loop's long-running services, one package each, every one declared on `shared.app.App`."""

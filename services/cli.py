@@ -25,6 +25,7 @@ from kafka.errors import KafkaError
 from shared.lifecycle import configure_logging, install_stop_signals
 from shared.observability.probes import BrokerUnreachable
 
+from .annotation.embedded_ui import argilla_dir, embedded_ui
 from .catalog import DEMO_ENV, EMBEDDED_LOOP, SERVICES, UnknownService, load
 
 log = logging.getLogger("rlhf-loop")
@@ -166,11 +167,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     progress = {"next": 0.0, "argilla_shown": False}
 
     def report(sup: Supervisor) -> None:
-        endpoint = data_dir / "argilla" / "endpoint.json"
-        if not progress["argilla_shown"] and endpoint.exists():
-            url = json.loads(endpoint.read_text())["url"]
-            print(f"Argilla UI: {url}  (log in as annotator-1; passwords in {data_dir / 'argilla' / 'credentials.json'})",
-                  flush=True)
+        ui = None if progress["argilla_shown"] else embedded_ui(argilla_dir(data_dir))
+        if ui is not None:
+            print(f"Argilla UI: {ui.url}  (log in as annotator-1; passwords in {ui.credentials_file})", flush=True)
             progress["argilla_shown"] = True
         if args.status_interval > 0 and time.monotonic() >= progress["next"]:
             progress["next"] = time.monotonic() + args.status_interval

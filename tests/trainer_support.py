@@ -3,11 +3,16 @@ prompt-hash split has both sides) and settings small enough to train in seconds.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, Preference, output_id_for, preference_id_for
 from shared.settings import KafkaSettings
+from shared.topics import MODEL_UPDATES, OUTPUTS, PREFERENCES, TRAINING_RUNS, Topic
 
 MODEL = ModelRef(name="tiny-llama", version="v0")
 
@@ -18,6 +23,38 @@ TINY_HYPER: dict[str, Any] = {"ppo_episodes": 16, "ppo_epochs": 1, "ppo_mini_bat
 # Every candidate passes: tests of the mechanics, not of the evidence (test_gates_* test that).
 LENIENT_GATES: dict[str, Any] = {"min_rm_accuracy": 0.0, "min_win_rate": 0.0, "max_degenerate_rate": 1.0,
                                  "alpha": 1.0, "max_kl": 1000.0, "eval_prompts": 4, "min_eval_prompts": 1}
+
+
+# What the trainer reads and writes: the loop's topics themselves (shared/topics.py).
+TRAINER_TOPICS: dict[str, Topic] = {"preferences": PREFERENCES, "outputs": OUTPUTS, "runs": TRAINING_RUNS,
+                                    "updates": MODEL_UPDATES}
+
+
+@pytest.fixture(name="kafka")
+def own_broker_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
+    """A module whose tests read back what the trainer publishes on the loop's own topics
+    imports this as its `kafka`: each test on a broker of its own."""
+    with trainer_broker(tmp_path_factory.mktemp("broker")) as settings:
+        yield settings
+
+
+@pytest.fixture(name="trainer_topics")
+def loop_trainer_topics(kafka: KafkaSettings) -> dict[str, Topic]:
+    from shared.bus.admin import ensure_topics
+
+    ensure_topics(kafka, [(t.name, t.partitions) for t in TRAINER_TOPICS.values()])
+    return TRAINER_TOPICS
+
+
+@contextmanager
+def trainer_broker(log_dir: Path) -> Iterator[KafkaSettings]:
+    """A broker of one test's own, for a test that reads what the trainer published on
+    the loop's topics: no other test's runs, updates or preferences are on it."""
+    from shared.embedded.broker import EmbeddedBroker
+    from tests.conftest import FAST_GROUP
+
+    with EmbeddedBroker(log_file=log_dir / "tansu.log") as broker:
+        yield broker.kafka_settings(**FAST_GROUP)
 
 
 def make_preference(i: int, guideline: str = "g1") -> Preference:

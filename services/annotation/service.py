@@ -1,12 +1,11 @@
-"""Wiring only: settings -> Argilla (given or embedded) -> pusher on the consumer loop,
-collector on a schedule -> runner."""
+"""The annotation service: Argilla (given or embedded), the pusher on the consumer
+loop, the collector on the App's scheduler, the webhook listener on its own port."""
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import threading
-from contextlib import ExitStack
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,17 +13,16 @@ from pathlib import Path
 import argilla as rg
 from prometheus_client import CollectorRegistry
 
-from services.runner import ConsumerSpec, run_consumer_service
-from shared.bus import EventProducer
+from shared.app import App
 from shared.models.reward_scorer import RewardScorer, registry_locator
-from shared.observability.metrics import BusMetrics
 from shared.observability.probes import cached, http_ok
 from shared.topics import PREFERENCES, RANKING_TASKS, RANKINGS
 
 from .argilla_api import ArgillaRest
 from .collector import Collector
 from .datasets import RankingDatasets
-from .jobs import collect_now, schedule_webhook_registration, start_collector_schedule
+from .embedded_ui import CREDENTIALS_FILE, argilla_dir, publish_endpoint
+from .jobs import ARGILLA_UP_JOB, COLLECT_JOB, REGISTER_JOB, REGISTER_RETRY_S, webhook_registration
 from .metrics import AnnotationMetrics
 from .pusher import Pusher
 from .schema import RANK_QUESTION
@@ -43,7 +41,7 @@ class ArgillaEndpoint:
     api_key: str
 
 
-def argilla_endpoint(settings: AnnotationSettings, stack: ExitStack) -> ArgillaEndpoint:
+def argilla_endpoint(settings: AnnotationSettings, app: App) -> ArgillaEndpoint:
     """The configured Argilla, or an embedded one when no URL is set (laptop, `up`)."""
     options = settings.annotation
     if options.argilla_url:
@@ -52,30 +50,15 @@ def argilla_endpoint(settings: AnnotationSettings, stack: ExitStack) -> ArgillaE
         return ArgillaEndpoint(options.argilla_url, options.api_key.get_secret_value())
     from shared.embedded.argilla import EmbeddedArgilla
 
-    embedded = EmbeddedArgilla(Path(settings.data_dir) / "argilla", workspace=options.workspace,
+    embedded = EmbeddedArgilla(argilla_dir(settings.data_dir), workspace=options.workspace,
                                annotators=tuple(options.annotators))
-    stack.enter_context(embedded)
+    app.own(embedded)
     embedded.supervise()  # Redis, the server or the worker dying is restarted, as a pod would be
     log.info("embedded Argilla at %s; annotator logins in %s", embedded.url,
-             embedded.data_dir / "credentials.json")
-    # Where `rlhf-loop up` and the demo's simulated annotators find the UI (no secrets here).
-    endpoint_file = embedded.data_dir / "endpoint.json"
-    endpoint_file.write_text(json.dumps({"url": embedded.url}))
-    stack.callback(endpoint_file.unlink, missing_ok=True)
+             embedded.data_dir / CREDENTIALS_FILE)
+    # Where `rlhf-loop up` and the demo's simulated annotators find the UI (see embedded_ui).
+    app.on_stop(publish_endpoint(embedded.data_dir, embedded.url).unlink, missing_ok=True)
     return ArgillaEndpoint(embedded.url, embedded.api_key)
-
-
-def build_spec(settings: AnnotationSettings, pusher: Pusher,
-               argilla_up: Callable[[], bool] | None = None) -> ConsumerSpec:
-    return ConsumerSpec(
-        name="annotation",
-        group_id=settings.annotation.group_id,
-        topics=[RANKING_TASKS],
-        handler=pusher,
-        produces=[RANKINGS, PREFERENCES],
-        sink=pusher,  # one bulk request per polled batch
-        readiness={"argilla": argilla_up} if argilla_up else {},
-    )
 
 
 def argilla_probe(endpoint: ArgillaEndpoint, metrics: AnnotationMetrics) -> Callable[[], bool]:
@@ -92,41 +75,45 @@ CHATTY_LOGGERS = ("httpx", "argilla.sdk", "apscheduler.executors.default", "apsc
 
 def main(stop: threading.Event, settings: AnnotationSettings | None = None,
          registry: CollectorRegistry | None = None) -> None:
+    """Ranking tasks in (pushed to Argilla in one bulk request per polled batch);
+    rankings and preferences out, from the collector's scheduled poll, woken at once
+    by Argilla's webhooks."""
     settings = settings or AnnotationSettings()
     options = settings.annotation
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = AnnotationMetrics(registry)
-    with ExitStack() as stack:
-        endpoint = argilla_endpoint(settings, stack)
+    with App("annotation", settings, registry=registry) as app:
+        metrics = AnnotationMetrics(app.registry)
+        endpoint = argilla_endpoint(settings, app)
         datasets = RankingDatasets(
             lambda: rg.Argilla(api_url=endpoint.url, api_key=endpoint.api_key, timeout=int(options.request_timeout_s)),
             options,
         )
-        rest = ArgillaRest(endpoint.url, endpoint.api_key, options.request_timeout_s)
-        stack.callback(rest.close)
-        producer = EventProducer(settings.kafka, BusMetrics.of(registry))  # the collector's: metered
-        stack.callback(producer.close)
-        state = CollectorState(Path(settings.data_dir) / "annotation" / "collector.sqlite")
-        stack.callback(state.close)
-        collector = Collector(datasets, rest, producer, state, metrics, guideline_version=options.version,
+        rest = app.own(ArgillaRest(endpoint.url, endpoint.api_key, options.request_timeout_s))
+        state = app.own(CollectorState(Path(settings.data_dir) / "annotation" / "collector.sqlite"))
+        collector = Collector(datasets, rest, app.producer, state, metrics, guideline_version=options.version,
                               overlap_s=options.poll_overlap_s, page_size=options.page_size,
                               rescan_interval_s=options.rescan_interval_s, rescan_window_s=options.rescan_window_s)
-        scheduler = start_collector_schedule(collector, options.poll_interval_s)
-        stack.callback(scheduler.shutdown, wait=True)
+        app.produces(RANKINGS, PREFERENCES)
         argilla_up = argilla_probe(endpoint, metrics)
-        scheduler.add_job(argilla_up, "interval", seconds=5, id="argilla-up", max_instances=1, coalesce=True)
+        app.add_readiness("argilla", argilla_up)
+        app.add_periodic(ARGILLA_UP_JOB, 5, argilla_up)
+        hinted = None
         if options.webhooks:
-            listener = WebhookListener(options.webhook_host, options.webhook_port,
-                                       on_event=lambda: collect_now(scheduler)).start()
-            stack.callback(listener.stop)
-            url = options.webhook_url or f"http://127.0.0.1:{listener.port}{WEBHOOK_PATH}"
-            schedule_webhook_registration(scheduler, datasets, listener, url)
+            listener = WebhookListener(on_event=lambda: app.run_soon(COLLECT_JOB))
+            served = app.add_routes(listener.router(), host=options.webhook_host, port=options.webhook_port)
+            assert served is not None
+            url = lambda: options.webhook_url or f"http://127.0.0.1:{served.port}{WEBHOOK_PATH}"  # noqa: E731
+            app.add_periodic(REGISTER_JOB, REGISTER_RETRY_S, webhook_registration(
+                datasets, listener, url, done=lambda: app.remove_periodic(REGISTER_JOB)), run_at_start=True)
+            hinted = listener.take_records  # an edited ranking is found so, or by the collector's rescan
+        app.add_periodic(COLLECT_JOB, options.poll_interval_s, functools.partial(collector.poll_safely, hinted=hinted),
+                         run_at_start=True)
         suggest = None
         if options.suggest_rankings:
             scorer = RewardScorer(registry_locator(options.registry_dir or Path(settings.data_dir) / "registry"))
             suggest = RankingSuggester(
                 scorer, lambda k: str(datasets.ensure(k).settings.questions[RANK_QUESTION].id))
         pusher = Pusher(datasets, rest, options.version, metrics, batched=True, suggest=suggest)
-        run_consumer_service(build_spec(settings, pusher, argilla_up), settings, stop, registry=registry)
+        app.add_consumer([RANKING_TASKS], pusher, group_id=options.group_id, sink=pusher)
+        app.run(stop)

@@ -14,6 +14,7 @@ one).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -22,13 +23,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from uuid import UUID
 
 import argilla as rg
+from fastapi import APIRouter, Request, Response
 
-from shared.http_input import InputRejected, read_capped
+from shared.http_input import InputRejected, read_request_capped
 
 log = logging.getLogger(__name__)
 
@@ -101,22 +102,15 @@ def register_webhook(client: rg.Argilla, url: str) -> str:
 
 
 class WebhookListener:
-    """A stdlib HTTP server on its own thread; `on_event` must be quick (it only wakes
-    the scheduler). The records verified deliveries name wait in `take_records`."""
+    """The webhook endpoint as a FastAPI router (served by the App on the webhook port);
+    `on_event` must be quick (it only wakes the scheduler). The records verified
+    deliveries name wait in `take_records`."""
 
-    def __init__(self, host: str, port: int, on_event: Callable[[], None]) -> None:
+    def __init__(self, on_event: Callable[[], None]) -> None:
         self.secret: str | None = None
         self._on_event = on_event
         self._records: set[str] = set()
         self._records_lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="webhooks", daemon=True)
-        self.received = 0
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
 
     def take_records(self) -> list[str]:
         """The record ids named by verified deliveries since the last call."""
@@ -132,45 +126,22 @@ class WebhookListener:
             if len(self._records) < MAX_PENDING_RECORDS:
                 self._records.add(record_id)
 
-    def start(self) -> "WebhookListener":
-        self._thread.start()
-        return self
+    def router(self) -> APIRouter:
+        router = APIRouter(include_in_schema=False)
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        @router.post(PATH)
+        async def delivery(request: Request) -> Response:
+            try:  # capped before reading, and a sender that stops sending is given up on
+                body = await asyncio.wait_for(read_request_capped(request, MAX_BODY_BYTES), SOCKET_TIMEOUT_S)
+            except InputRejected as rejected:
+                return Response(status_code=rejected.status)
+            except TimeoutError:
+                return Response(status_code=408)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            if self.secret is None or not verify(self.secret, headers, body):
+                return Response(status_code=401)
+            self._remember(body)
+            self._on_event()
+            return Response(status_code=204)
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            timeout = SOCKET_TIMEOUT_S  # a client that stops sending does not hold a thread forever
-
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                if self.path.split("?", 1)[0] != PATH:
-                    self._send(404)
-                    return
-                try:  # capped before reading: the signature is checked on what was read
-                    body = read_capped(self.rfile, self.headers.get("Content-Length"), MAX_BODY_BYTES)
-                except InputRejected as rejected:
-                    self._send(rejected.status)
-                    return
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                if outer.secret is None or not verify(outer.secret, headers, body):
-                    self._send(401)
-                else:
-                    outer.received += 1
-                    outer._remember(body)
-                    outer._on_event()
-                    self._send(204)
-
-            def _send(self, status: int) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        return Handler
+        return router

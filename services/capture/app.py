@@ -11,12 +11,12 @@ from prometheus_client import CollectorRegistry
 from shared.bus import EventProducer
 from shared.observability.probes import kafka_reachable
 from shared.topics import OUTPUTS, Topic
+from shared.web import Checks, ops_router
 
 from .api import BATCH_PATH, OUTPUTS_PATH, ingest_router
 from .auth import token_checker
 from .background import BackgroundCapture
 from .metrics import CaptureMetrics, RequestMetricsMiddleware
-from .ops import ops_router
 from .proxy import CHAT_PATH, proxy_router, upstream_client
 from .publisher import OutputPublisher
 from .settings import CaptureSettings
@@ -28,9 +28,12 @@ def create_app(
     registry: CollectorRegistry,
     *,
     topic: Topic = OUTPUTS,
+    liveness: Checks | None = None,
+    readiness: Checks | None = None,
 ) -> FastAPI:
     """The app; the caller owns (and closes) `producer`. The proxy's writer thread and
-    upstream client live with the app's lifespan."""
+    upstream client live with the app's lifespan. `liveness`/`readiness`: the service
+    App's checks (by reference); by default, the event loop and the broker."""
     options = settings.capture
     metrics = CaptureMetrics(registry)
     check_token = token_checker(options.token, options.auth_disabled)
@@ -56,8 +59,8 @@ def create_app(
         registry,
         # Answering at all is the liveness signal of an HTTP service: a wedged event
         # loop never gets here, and the probe times out.
-        liveness={"event_loop": lambda: True},
-        readiness={"kafka": kafka_reachable(settings.kafka)},
+        liveness=liveness if liveness is not None else {"event_loop": lambda: True},
+        readiness=readiness if readiness is not None else {"kafka": kafka_reachable(settings.kafka)},
         serve_metrics=settings.http.metrics_port is None,
     ))
     app.include_router(ingest_router(options, publisher, metrics, check_token))

@@ -1,9 +1,8 @@
 """Simulated annotators: every annotator account of the embedded Argilla ranks what is
-pending, through the UI's own endpoints (services.annotation.simulated_annotator)."""
+pending, through the UI's own endpoints (simulated_annotator.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -11,10 +10,11 @@ from pathlib import Path
 
 import httpx
 
-from services.annotation.simulated_annotator import SimulatedAnnotator
+from services.annotation.embedded_ui import embedded_ui
 
 from .oracles import ORACLES
 from .settings import DemoOptions
+from .simulated_annotator import SimulatedAnnotator
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +27,15 @@ class AnnotatorPool:
         self._annotators: list[SimulatedAnnotator] = []
 
     def _connect(self) -> bool:
-        endpoint, credentials = self._dir / "endpoint.json", self._dir / "credentials.json"
-        if not endpoint.exists() or not credentials.exists():
+        ui = embedded_ui(self._dir)
+        if ui is None:
             return False
-        url = json.loads(endpoint.read_text())["url"]
-        users = [u for u in json.loads(credentials.read_text()) if u["role"] == "annotator"]
         oracle = ORACLES[self._options.oracle]
-        self._annotators = [SimulatedAnnotator(url, u["username"], u["password"], oracle, noise=self._options.noise,
+        self._annotators = [SimulatedAnnotator(ui.url, u.username, u.password, oracle, noise=self._options.noise,
                                                delay_s=self._options.annotator_delay_s, seed=i)
-                            for i, u in enumerate(users)]
-        log.info("%d simulated annotators ranking at %s (oracle: %s)", len(users), url, self._options.oracle)
+                            for i, u in enumerate(ui.annotators)]
+        log.info("%d simulated annotators ranking at %s (oracle: %s)", len(ui.annotators), ui.url,
+                 self._options.oracle)
         return bool(self._annotators)
 
     def run(self, stop: threading.Event) -> None:

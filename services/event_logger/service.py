@@ -1,26 +1,23 @@
-"""Wiring only: settings -> spec -> runner."""
+"""The event logger: every loop topic it is told to follow, logged one line per event."""
 
 from __future__ import annotations
 
 import threading
 
-from services.runner import ConsumerSpec, run_consumer_service
+from shared.app import App
 from shared.topics import by_name
 
 from .handlers import log_event
 from .settings import EventLoggerSettings
 
 
-def build_spec(settings: EventLoggerSettings) -> ConsumerSpec:
+def declare(app: App, settings: EventLoggerSettings) -> None:
     options = settings.event_logger
-    return ConsumerSpec(
-        name="event-logger",
-        group_id=options.group_id,
-        topics=[by_name(name) for name in options.topics],
-        handler=log_event,
-    )
+    app.add_consumer([by_name(name) for name in options.topics], log_event, group_id=options.group_id)
 
 
 def main(stop: threading.Event) -> None:
     settings = EventLoggerSettings()
-    run_consumer_service(build_spec(settings), settings, stop)
+    with App("event-logger", settings) as app:
+        declare(app, settings)
+        app.run(stop)

@@ -16,17 +16,17 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field, SecretStr
 
 from shared.auth import bearer_dependency
 from shared.bus import EventProducer
 from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, derived_id
 from shared.http_input import BodyLimit
-from shared.observability.http import Checks, run_checks
+from shared.web import Checks, ops_router
 from shared.topics import OUTPUTS
 
 from .metrics import PolicyServerMetrics
@@ -66,6 +66,7 @@ def create_app(
     max_n: int,
     producer: EventProducer | None,
     readiness: Checks,
+    liveness: Checks | None = None,
     max_body_bytes: int = 1_000_000,
     api_key: SecretStr | None = None,
     serve_metrics: bool = True,
@@ -228,21 +229,8 @@ def create_app(
         return {"object": "list", "data": data}
 
     app.include_router(v1)
-    if serve_metrics:
-        @app.get("/metrics")
-        async def prometheus_metrics() -> Response:
-            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        ok, results = run_checks(readiness)
-        return JSONResponse(status_code=200 if ok else 503,
-                            content={"status": "ok" if ok else "unavailable", "checks": results})
-
+    # the probes every service has (shared/web); liveness: the App's, by reference
+    app.include_router(ops_router(registry, liveness if liveness is not None else {}, readiness, serve_metrics))
     return app
 
 

@@ -26,6 +26,7 @@ named as the registry names them, adapters lie inside the registry (PoisonMessag
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -56,6 +57,8 @@ class VersionManager:
         self._unservable: set[str] = set()  # failed to load or its health check
         self._declined: set[tuple[str, str]] = set()  # (version, reason) already counted
         self._pointer_seen: str | None = None  # the promoted pointer at the last tick
+        # handle() runs on the consumer's thread, tick() on the App's scheduler: one at a time
+        self._lock = threading.RLock()
         metrics.set_shares(router.shares())
 
     # -- start ---------------------------------------------------------------------------
@@ -101,6 +104,10 @@ class VersionManager:
     # -- events --------------------------------------------------------------------------
 
     def handle(self, event: Event, record: ConsumerRecord) -> list[Outgoing]:
+        with self._lock:
+            return self._handle(event)
+
+    def _handle(self, event: Event) -> list[Outgoing]:
         assert isinstance(event, ModelUpdate)
         if version_number("policy", event.model_version) is None:
             raise PoisonMessage(f"model_version: {event.model_version!r} is not a registry version name "
@@ -249,16 +256,17 @@ class VersionManager:
             if version not in keep:
                 self._pool.unload(version)
 
-    # -- ticker: reconciliation and canary graduation -------------------------------------------
+    # -- periodic: reconciliation and canary graduation ---------------------------------------
 
-    def due(self) -> list[Outgoing]:
-        self._reconcile_on_tick()
-        graduated = self._router.graduate_if_due(self._graduate_after_s)
-        if graduated:
-            log.info("canary %s graduated: all traffic", graduated)
-            self._prune()
-        self._metrics.set_shares(self._router.shares())
-        return []
+    def tick(self) -> None:
+        """The App runs this every few seconds: follow the registry, graduate a canary."""
+        with self._lock:
+            self._reconcile_on_tick()
+            graduated = self._router.graduate_if_due(self._graduate_after_s)
+            if graduated:
+                log.info("canary %s graduated: all traffic", graduated)
+                self._prune()
+            self._metrics.set_shares(self._router.shares())
 
     def _reconcile_on_tick(self) -> None:
         """Act on a pointer only once two ticks saw it: one that has just moved has its

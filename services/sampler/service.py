@@ -1,4 +1,5 @@
-"""Wiring only: settings -> store, scorers, completer -> Sampler -> runner."""
+"""The sampler: model outputs in, ranking tasks out (its rules, store, scorers and
+candidate completer are built here and owned by the App)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from services.runner import ConsumerSpec, run_consumer_service
+from shared.app import App
 from shared.topics import OUTPUTS, RANKING_TASKS
 
 from .completion import CandidateCompleter
@@ -46,23 +47,14 @@ def build_sampler(settings: SamplerSettings, registry: CollectorRegistry) -> Sam
     )
 
 
-def build_spec(settings: SamplerSettings, sampler: Sampler) -> ConsumerSpec:
-    return ConsumerSpec(
-        name="sampler",
-        group_id=settings.sampler.group_id,
-        topics=[OUTPUTS],
-        handler=sampler.handle,
-        produces=[RANKING_TASKS],
-        ticker=sampler,
-        tick_interval_s=settings.sampler.tick_interval_s,
-    )
+def run_service(settings: SamplerSettings, stop: threading.Event, *, registry: CollectorRegistry | None = None,
+                on_started=None) -> None:  # type: ignore[no-untyped-def]
+    with App("sampler", settings, registry=registry, on_started=on_started) as app:
+        sampler = app.own(build_sampler(settings, app.registry))
+        app.add_consumer([OUTPUTS], sampler.handle, group_id=settings.sampler.group_id, produces=[RANKING_TASKS],
+                         ticker=sampler, tick_interval_s=settings.sampler.tick_interval_s)
+        app.run(stop)
 
 
 def main(stop: threading.Event) -> None:
-    settings = SamplerSettings()
-    registry = CollectorRegistry()
-    sampler = build_sampler(settings, registry)
-    try:
-        run_consumer_service(build_spec(settings, sampler), settings, stop, registry=registry)
-    finally:
-        sampler.close()
+    run_service(SamplerSettings(), stop)

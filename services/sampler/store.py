@@ -169,11 +169,6 @@ class SamplerStore:
         ).fetchall()
         return [HeldItem(*row) for row in rows]
 
-    def held_count(self, rule: str, window_start: float) -> int:
-        return int(self._db.execute(
-            "SELECT COUNT(*) FROM window_items WHERE rule = ? AND window_start = ?", (rule, window_start)
-        ).fetchone()[0])
-
     def close_window(self, rule: str, window_start: float, decisions: list[Decision], at: float,
                      quota: list[QuotaCount] | None = None) -> None:
         """Record the window's outcome, take its quota places and forget its items, in

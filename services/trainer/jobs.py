@@ -13,9 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from apscheduler.schedulers.background import BackgroundScheduler
 
-from .announcer import PromotionAnnouncer
 from .metrics import TrainerMetrics
 from .runs import RunCoordinator, RunRejected
 from .settings import TrainerOptions
@@ -49,16 +47,3 @@ class TriggerJob:
         except RunRejected as error:
             log.info("trigger: no run (%s)", error)
             return None
-
-
-def start_scheduler(job: TriggerJob, interval_s: float,
-                    announcer: PromotionAnnouncer | None = None) -> BackgroundScheduler:
-    """max_instances=1 + coalesce: a slow check never overlaps the next one."""
-    scheduler = BackgroundScheduler(daemon=True)
-    scheduler.add_job(job.check, "interval", seconds=interval_s, id="training-trigger", max_instances=1,
-                      coalesce=True, misfire_grace_time=None)
-    if announcer is not None:
-        scheduler.add_job(announcer.reconcile, "interval", seconds=interval_s, id="promotion-outbox",
-                          max_instances=1, coalesce=True, misfire_grace_time=None)
-    scheduler.start()
-    return scheduler

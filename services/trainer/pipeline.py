@@ -205,7 +205,8 @@ class TrainingRun:
                            if prev_rm and (self.registry.path("reward", prev_rm) / "config.json").is_file()
                            else opts.reward_base_model),
                 epochs=hyper.rm_epochs, batch_size=hyper.rm_batch_size, learning_rate=hyper.rm_learning_rate,
-                max_length=hyper.max_length, seed=hyper.seed, device=self.device)
+                max_length=hyper.max_length, seed=hyper.seed, device=self.device,
+                trl_overrides=hyper.trl.get("reward", {}))
             if hyper.rm_mode == "head":
                 rm = train_head(backbone, snap.train, rm_config, cache, ranks)
                 new_rm: Any = backbone  # its head is the new one now

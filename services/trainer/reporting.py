@@ -7,18 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from shared.contracts import Event, ModelUpdate, TrainingRunStatus, model_update_id_for, run_event_id_for
+from shared.topics import MODEL_UPDATES, TRAINING_RUNS
 
-from .settings import TrainerOptions
 from .store import PreferenceStore
 
 Publish = Callable[[str, Event], None]  # (topic name, event); must wait for the broker's ack
 
 
 class RunReporter:
-    def __init__(self, store: PreferenceStore, publish: Publish, options: TrainerOptions) -> None:
+    def __init__(self, store: PreferenceStore, publish: Publish) -> None:
         self.store = store
         self.publish = publish
-        self.options = options
 
     def state(self, run_id: str, state: str, *, stage: str | None = None, reason: str | None = None,
               metrics: dict[str, float] | None = None, model_version: str | None = None,
@@ -30,7 +29,7 @@ class RunReporter:
             stage=stage, reason=reason[:10_000] if reason else None, preference_count=preference_count,  # type: ignore[arg-type]
             metrics=metrics or {}, model_version=model_version,
         )
-        self.publish(self.options.runs_topic, event)
+        self.publish(TRAINING_RUNS.name, event)
 
     def model_update(self, *, model_version: str, action: str, run_id: str, base_model: str, adapter_uri: str,
                      reward_model_version: str | None, previous_version: str | None, gate_passed: bool,
@@ -41,4 +40,4 @@ class RunReporter:
             reward_model_version=reward_model_version, previous_version=previous_version, gate_passed=gate_passed,
             gate_reasons=gate_reasons[:50], canary_fraction=canary_fraction, metrics=metrics,
         )
-        self.publish(self.options.updates_topic, event)
+        self.publish(MODEL_UPDATES.name, event)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ class RewardModelConfig:
     max_length: int = 256
     seed: int = 0
     device: str = "cpu"
+    trl_overrides: dict[str, Any] = field(default_factory=dict)  # RLHF_TRAINER__HYPER__TRL__REWARD
 
 
 @dataclass(frozen=True)
@@ -138,16 +139,17 @@ def train_finetuned(prefs: Sequence[PreferenceRow], config: RewardModelConfig,
     from trl import RewardConfig, RewardTrainer
 
     from .device import trl_common_args
+    from .policy.base import trl_config
 
     tok = load_tokenizer(config.init_path)
     tok.padding_side = "right"
     model = AutoModelForSequenceClassification.from_pretrained(config.init_path, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
-    args = RewardConfig(
+    args = trl_config(RewardConfig, dict(
         output_dir=str(config.output_dir / "_trainer"), num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
         max_length=config.max_length, seed=config.seed, **trl_common_args(config.device),
-    )
+    ), config.trl_overrides, "RLHF_TRAINER__HYPER__TRL__REWARD")
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(pair_rows(prefs)),
                             processing_class=tok)
     started = time.perf_counter()

@@ -49,8 +49,7 @@ def run(job: dict[str, Any]) -> int:
         _die_with_launcher()
     store = PreferenceStore(data_dir / "trainer" / "store.sqlite")
     producer = EventProducer(settings.kafka) if ranks.is_main else None  # rank 0 alone reports
-    reporter = RunReporter(store, lambda topic, event: producer.publish(topic, event, timeout_s=30),
-                           settings.trainer)
+    reporter = RunReporter(store, lambda topic, event: producer.publish(topic, event, timeout_s=30))
     try:
         for path in {settings.trainer.base_model, settings.trainer.reward_base_model}:
             if not (Path(path) / "config.json").is_file():

@@ -55,6 +55,11 @@ class Hyperparameters(BaseModel):
     lora_alpha: int = Field(default=32, ge=1)
     lora_target_modules: list[str] | str = Field(default="all-linear")
     seed: int = 0
+    # TRL's own options on top of ours, by TRL's names (docs/trainer.md, "TRL options"): a section per
+    # trainer, e.g. RLHF_TRAINER__HYPER__TRL='{"ppo": {"cliprange": 0.1}, "reward": {"weight_decay": 0.01}}'
+    trl: dict[Literal["reward", "ppo", "rloo", "grpo", "dpo"], dict[str, Any]] = Field(
+        default_factory=dict, description="TRL config options per trainer (reward, ppo, rloo, grpo, dpo), passed"
+                                          " to RewardConfig/PPOConfig/... over ours; unknown names are refused")
 
 
 class GateThresholds(BaseModel):
@@ -78,10 +83,6 @@ class GateThresholds(BaseModel):
 
 class TrainerOptions(BaseModel):
     group_id: str = "trainer"
-    preferences_topic: str = "rlhf.preferences"
-    outputs_topic: str = "rlhf.outputs"
-    runs_topic: str = "rlhf.training-runs"
-    updates_topic: str = "rlhf.model-updates"
 
     threshold: int = Field(default=500, ge=1, description="new preferences that trigger a run")
     min_interval_s: float = Field(default=3600.0, ge=0, description="least time between run starts")

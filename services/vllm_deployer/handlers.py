@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 from kafka.consumer.fetcher import ConsumerRecord
 
-from services.trainer.registry import version_number
 from shared.bus import DependencyUnavailable, Outgoing, PoisonMessage
 from shared.contracts import Event, ModelUpdate
+from shared.registry_reader import version_number
 
 from .settings import VllmDeployerOptions
 

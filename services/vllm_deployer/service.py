@@ -1,10 +1,10 @@
-"""Wiring only."""
+"""The vLLM deployer: model updates in, LoRA adapters loaded into vLLM servers."""
 
 from __future__ import annotations
 
 import threading
 
-from services.runner import ConsumerSpec, run_consumer_service
+from shared.app import App
 from shared.topics import MODEL_UPDATES
 
 from .handlers import VllmDeployer
@@ -13,7 +13,7 @@ from .settings import VllmDeployerSettings
 
 def main(stop: threading.Event) -> None:
     settings = VllmDeployerSettings()
-    deployer = VllmDeployer(settings.vllm_deployer)
-    spec = ConsumerSpec(name="vllm-deployer", group_id=settings.vllm_deployer.group_id,
-                        topics=[MODEL_UPDATES], handler=deployer.handle)
-    run_consumer_service(spec, settings, stop)
+    with App("vllm-deployer", settings) as app:
+        deployer = VllmDeployer(settings.vllm_deployer)
+        app.add_consumer([MODEL_UPDATES], deployer.handle, group_id=settings.vllm_deployer.group_id)
+        app.run(stop)

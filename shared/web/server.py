@@ -16,14 +16,14 @@ import uvicorn
 
 class AppServer:
     def __init__(self, app: Any, host: str, port: int, *, log_level: str = "info",
-                 graceful_s: float = 10.0) -> None:
+                 graceful_s: float = 10.0, name: str = "http") -> None:
         config = uvicorn.Config(
             app, host=host, port=port, log_level=log_level.lower(), access_log=False,
             lifespan="on", log_config=None, timeout_graceful_shutdown=graceful_s,
         )
         self._graceful_s = graceful_s
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="capture-http", daemon=True)
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
 
     @property
     def port(self) -> int:

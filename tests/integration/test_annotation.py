@@ -22,7 +22,7 @@ from services.annotation.metrics import AnnotationMetrics
 from services.annotation.pusher import Pusher
 from services.annotation.schema import DatasetMismatch, dataset_name
 from services.annotation.settings import AnnotationOptions, AnnotationSettings
-from services.annotation.simulated_annotator import SimulatedAnnotator
+from services.demo.simulated_annotator import SimulatedAnnotator
 from services.annotation.state import CollectorState
 from shared.bus import DependencyUnavailable, EventProducer
 from shared.bus.codec import decode

@@ -18,7 +18,7 @@ import pytest
 from services.annotation.schema import dataset_name
 from services.annotation.service import main
 from services.annotation.settings import AnnotationSettings
-from services.annotation.simulated_annotator import SimulatedAnnotator
+from services.demo.simulated_annotator import SimulatedAnnotator
 from shared.bus import EventProducer
 from shared.contracts import Preference
 from shared.settings import KafkaSettings

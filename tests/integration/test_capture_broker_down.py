@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from services.capture.client import CaptureClient, CaptureUnavailable, build_output
-from services.capture.server import AppServer
+from shared.web import AppServer
 from shared.embedded.broker import EmbeddedBroker
 from shared.topics import OUTPUTS
 from tests.capture_support import AUTH, TOKEN, RunningCapture, capture_settings, payload, running_capture

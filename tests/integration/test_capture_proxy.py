@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from services.capture.server import AppServer
+from shared.web import AppServer
 from shared.contracts import ModelOutput, output_id_for
 from shared.settings import KafkaSettings
 from shared.topics import Topic

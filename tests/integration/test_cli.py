@@ -116,7 +116,8 @@ def test_run_service_serves_metrics_and_stops_cleanly_on_sigterm(own_broker: Emb
     )
     try:
         assert wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout_s=30)
-        assert http_get(f"http://127.0.0.1:{port}/readyz") == (200, '{"status": "ok", "checks": {"kafka": true}}')
+        status, body = http_get(f"http://127.0.0.1:{port}/readyz")
+        assert (status, json.loads(body)) == (200, {"status": "ok", "checks": {"kafka": True}})
         assert wait_for(lambda: sum(committed(kafka, group_id).values()) == 100, timeout_s=30), output_so_far(process)
         for event in events[100:]:
             producer.send(topic, event)

@@ -17,12 +17,11 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from services.annotation.webhooks import MAX_BODY_BYTES, PATH, WebhookListener
-from services.capture.server import AppServer
 from services.policy_server.api import create_app as create_policy_app
 from services.policy_server.metrics import PolicyServerMetrics
 from services.policy_server.models import PolicyPool
 from services.policy_server.routing import Router
-from services.trainer.api import TrainerHttpServer
+from services.trainer.api import runs_router
 from shared.contracts import ModelOutput
 from shared.http_input import InputRejected, check_json_value, loads_json
 from shared.settings import KafkaSettings
@@ -30,8 +29,12 @@ from shared.topics import Topic
 from tests.capture_support import AUTH, capture_settings, payload, running_capture
 from tests.fake_openai_upstream import UPSTREAM_KEY, create_upstream
 from tests.helpers.hostile import hostile_bodies, nested
+from tests.helpers.routes import serving
+from shared.web import AppServer
 
-from .test_trainer import SleepExecutor, make_coordinator, trainer_topics  # noqa: F401  (fixture)
+from tests.trainer_support import loop_trainer_topics  # noqa: F401  (fixture: trainer_topics)
+
+from .test_trainer import SleepExecutor, make_coordinator
 
 pytestmark = pytest.mark.integration
 
@@ -207,12 +210,10 @@ def test_the_policy_server_answers_hostile_bodies_with_4xx(policy_url: str) -> N
 def test_the_trainer_run_api_answers_hostile_bodies_below_500_and_bad_fields_with_422(
     tmp_path: Path, kafka: KafkaSettings, trainer_topics: dict[str, Topic],  # noqa: F811
 ) -> None:
-    coordinator = make_coordinator(tmp_path, kafka, trainer_topics, SleepExecutor(0.1))
+    coordinator = make_coordinator(tmp_path, kafka, SleepExecutor(0.1))
     token = "run-api-token"
-    with TrainerHttpServer(CollectorRegistry(), "127.0.0.1", 0, coordinator=coordinator,
-                           token=SecretStr(token)) as server, \
-            httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30,
-                         headers={"Authorization": f"Bearer {token}"}) as http:
+    with serving(runs_router(coordinator, SecretStr(token))) as base, \
+            httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
         for path in ("/v1/runs", "/v1/rollback"):
             bodies = hostile_bodies({"reason": "fuzz", "version": "policy-v0001"},
                                     id_fields=[["reason"], ["version"]], list_fields=[], number_fields=[])
@@ -222,30 +223,29 @@ def test_the_trainer_run_api_answers_hostile_bodies_below_500_and_bad_fields_wit
             response = http.post("/v1/runs", content=body)
             assert 400 <= response.status_code < 500 and response.json()["field"] == field, response.text
         assert http.post("/v1/runs", content=b"x" * 20_000).status_code == 413
-        assert http.get("/healthz").status_code == 200
+        assert http.post("/v1/runs", content=b"{}", headers={"Authorization": "Bearer wrong"}).status_code == 401
 
 
 # --- the Argilla webhook listener -------------------------------------------------------------
 
 def test_the_webhook_listener_caps_bodies_times_out_and_refuses_forged_signatures() -> None:
-    listener = WebhookListener("127.0.0.1", 0, on_event=lambda: None).start()
+    woken: list[int] = []
+    listener = WebhookListener(on_event=lambda: woken.append(1))
     listener.secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-    url = f"http://127.0.0.1:{listener.port}{PATH}"
-    try:
-        with httpx.Client(timeout=30) as http:
-            headers = {"webhook-id": "m1", "webhook-timestamp": str(int(time.time())),
-                       "webhook-signature": "v1,\u00e9t\u00e9".encode()}
-            assert http.post(url, content=b"{}", headers=headers).status_code == 401  # non-ASCII: no exception
-            big = http.post(url, content=b"x" * (MAX_BODY_BYTES + 1), headers=headers)
-            assert big.status_code == 413
-            import socket
+    with serving(listener.router()) as base, httpx.Client(timeout=30) as http:
+        url, port = f"{base}{PATH}", int(base.rsplit(":", 1)[1])
+        headers = {"webhook-id": "m1", "webhook-timestamp": str(int(time.time())),
+                   "webhook-signature": "v1,\u00e9t\u00e9".encode()}
+        assert http.post(url, content=b"{}", headers=headers).status_code == 401  # non-ASCII: no exception
+        big = http.post(url, content=b"x" * (MAX_BODY_BYTES + 1), headers=headers)
+        assert big.status_code == 413
+        import socket
 
-            with socket.create_connection(("127.0.0.1", listener.port)) as raw:  # says 10 bytes, sends 0
-                raw.sendall(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n".encode())
-                raw.settimeout(30)
-                started = time.monotonic()
-                raw.recv(1024)  # the server gives up on its own (socket timeout) and closes
-                assert time.monotonic() - started < 25
-            assert listener.received == 0
-    finally:
-        listener.stop()
+        with socket.create_connection(("127.0.0.1", port)) as raw:  # says 10 bytes, sends 0
+            raw.sendall(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n".encode())
+            raw.settimeout(30)
+            started = time.monotonic()
+            answer = raw.recv(1024)  # the server gives up on its own and answers
+            assert time.monotonic() - started < 25 and answer.startswith(b"HTTP/1.1 408"), answer
+        # none of these woke the collector or left a record to re-read
+        assert woken == [] and listener.take_records() == []

@@ -303,7 +303,7 @@ def test_a_new_replica_replaying_every_promotion_serves_only_the_registrys_promo
         server.apply(update(version, "promoted", 0.25))
         seen.append(server.router.routes)
         clock.now += 60
-        server.versions.due()
+        server.versions.tick()
         seen.append(server.router.routes)
     assert {(r.stable, r.canary) for r in seen} == {("policy-v0003", None)}
     assert server.router.shares() == {"policy-v0003": 1.0}
@@ -321,7 +321,7 @@ def test_a_replayed_rollback_or_promotion_of_a_rolled_back_version_changes_nothi
                   update("policy-v0002", "rolled_back", previous="policy-v0001"), update("policy-v0003", "promoted")]:
         server.apply(event)
         clock.now += 60
-        server.versions.due()
+        server.versions.tick()
         assert server.router.shares() == {"policy-v0003": 1.0}, event
     assert "policy-v0002" not in server.pool.versions
 
@@ -331,13 +331,13 @@ def test_reconciliation_on_tick_starts_a_promotion_whose_event_never_came_as_a_c
     server = Server(registry_dir, None, graduate_after_s=30, clock=clock, canary_fraction=0.25)
     server.promote("policy-v0001")
     server.model_registry.set_pointer("policy", "promoted", "policy-v0002")  # the event was lost
-    server.versions.due()
+    server.versions.tick()
     assert server.router.shares() == {"policy-v0001": 1.0}  # its event may still be on the way
-    server.versions.due()
+    server.versions.tick()
     assert server.router.shares() == {"policy-v0001": 0.75, "policy-v0002": 0.25}
     assert server.registry.get_sample_value("rlhf_policy_traffic_share", {"version": "policy-v0002"}) == 0.25
     clock.now += 31
-    server.versions.due()
+    server.versions.tick()
     assert server.router.shares() == {"policy-v0002": 1.0}  # a healthy canary graduates as usual
     server.apply(update("policy-v0002", "promoted", 0.25))  # the late event changes nothing
     assert server.router.shares() == {"policy-v0002": 1.0}
@@ -355,8 +355,8 @@ def test_a_corrupt_promoted_adapter_at_start_falls_back_along_its_parents(regist
     assert server.router.shares() == {"policy-v0001": 1.0}
     assert server.metric("rlhf_model_rollbacks_total", reason="startup") == 2
     assert server.pool.versions == [BASE_VERSION, "policy-v0001"]
-    server.versions.due()  # the broken versions are not retried on every tick
-    server.versions.due()
+    server.versions.tick()  # the broken versions are not retried on every tick
+    server.versions.tick()
     assert server.router.shares() == {"policy-v0001": 1.0}
     assert server.metric("rlhf_model_rollbacks_total", reason="startup") == 2
 
@@ -378,8 +378,8 @@ def test_a_model_version_or_adapter_uri_outside_the_registry_is_poison(registry_
         for event in events:
             with pytest.raises(PoisonMessage, match=f"^{field}: "):
                 server.apply(event)
-    server.versions.due()  # nor does reconciliation follow the pointer out of the registry
-    server.versions.due()
+    server.versions.tick()  # nor does reconciliation follow the pointer out of the registry
+    server.versions.tick()
     assert server.pool.versions == [BASE_VERSION] and server.router.shares() == {BASE_VERSION: 1.0}
 
 

@@ -54,7 +54,7 @@ def train_and_promote(tmp_path: Path, models: tuple[Path, Path]) -> tuple[Traini
     settings = trainer_settings(tmp_path, None, models)
     store = PreferenceStore(tmp_path / "trainer" / "store.sqlite")
     registry = ModelRegistry(tmp_path / "registry")
-    reporter = RunReporter(store, lambda _topic, _event: None, settings.trainer)
+    reporter = RunReporter(store, lambda _topic, _event: None)
     for i in range(24):
         store.add_preference(make_preference(i))
     run_id = f"run-{time.monotonic_ns()}"

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.runner import run_consumer_service
-from services.sampler.service import build_sampler, build_spec
+from services.sampler.service import run_service
 from services.sampler.settings import SamplerSettings
 from shared.bus import EventProducer
 from shared.contracts import RankingTask, UserFeedback
@@ -19,6 +18,13 @@ from tests import factories
 from tests.conftest import FAST_GROUP, read_topic, wait_for
 
 pytestmark = pytest.mark.integration
+
+
+def running_sampler(settings: SamplerSettings, stop: threading.Event, registry: CollectorRegistry) -> threading.Thread:
+    """The sampler service as `main` runs it, on a thread, until `stop`."""
+    thread = threading.Thread(target=run_service, args=(settings, stop), kwargs={"registry": registry})
+    thread.start()
+    return thread
 
 
 def test_outputs_in_tasks_out_with_rule_metadata_and_dead_letters(tmp_path: Path) -> None:
@@ -31,13 +37,8 @@ def test_outputs_in_tasks_out_with_rule_metadata_and_dead_letters(tmp_path: Path
                 {"name": "none-else", "strategy": "uniform", "rate": 0.0},
             ]},
         )
-        registry = CollectorRegistry()
-        sampler = build_sampler(settings, registry)
-        stop = threading.Event()
-        thread = threading.Thread(target=run_consumer_service,
-                                  args=(build_spec(settings, sampler), settings, stop),
-                                  kwargs={"registry": registry})
-        thread.start()
+        registry, stop = CollectorRegistry(), threading.Event()
+        thread = running_sampler(settings, stop, registry)
         producer = EventProducer(kafka)
         sad = [factories.model_output(f"sad-{i}").model_copy(update={"feedback": [UserFeedback(kind="thumbs_down")]})
                for i in range(3)]
@@ -76,13 +77,8 @@ def test_a_slow_completion_endpoint_does_not_get_the_sampler_dropped_from_its_gr
                      "completion": {"target_candidates": 2, "deadline_s": 3.0, "endpoints": [
                          {"name": "slow", "base_url": slow, "model": "slow", "timeout_s": 5.0}]}},
         )
-        registry = CollectorRegistry()
-        sampler = build_sampler(settings, registry)
-        stop = threading.Event()
-        thread = threading.Thread(target=run_consumer_service,
-                                  args=(build_spec(settings, sampler), settings, stop),
-                                  kwargs={"registry": registry})
-        thread.start()
+        registry, stop = CollectorRegistry(), threading.Event()
+        thread = running_sampler(settings, stop, registry)
         producer = EventProducer(kafka)
         outputs = [factories.model_output(f"slow-{i}", n=1) for i in range(8)]
         for event in outputs:

@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shared.bus import EventProducer
-from shared.contracts import ModelOutput, ModelUpdate, Preference, TrainingRunStatus
+from shared.contracts import ModelUpdate, TrainingRunStatus
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from services.trainer.executor import JobSpec, LocalProcessExecutor, ProcessHandle
@@ -35,20 +34,11 @@ from services.trainer.service import run_service
 from services.trainer.store import PreferenceStore
 from tests.conftest import read_topic, wait_for
 from tests.trainer_support import make_output, make_preference, trainer_settings
+from tests.trainer_support import loop_trainer_topics, own_broker_kafka  # noqa: F401 (fixtures: kafka, trainer_topics)
 
 # TRL passes `gradient_checkpointing=False` on to a deprecated transformers alias.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore:var\\(\\):UserWarning")]
-
-
-@pytest.fixture
-def trainer_topics(make_topic: Callable[..., Topic]) -> dict[str, Topic]:
-    return {"preferences_topic": make_topic(Preference, 3), "outputs_topic": make_topic(ModelOutput, 3),
-            "runs_topic": make_topic(TrainingRunStatus), "updates_topic": make_topic(ModelUpdate)}
-
-
-def topic_names(topics: dict[str, Topic]) -> dict[str, str]:
-    return {key: topic.name for key, topic in topics.items()}
 
 
 def events_of(kafka: KafkaSettings, topic: Topic, contract: type, expected: int, timeout_s: float = 10) -> list[Any]:
@@ -79,12 +69,12 @@ class SleepExecutor:
         return ProcessHandle(subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({self.seconds})"]))
 
 
-def make_coordinator(tmp_path: Path, kafka: KafkaSettings, topics: dict[str, Topic], executor: Any,
+def make_coordinator(tmp_path: Path, kafka: KafkaSettings, executor: Any,
                      models: tuple[Path, Path] | None = None, **options: Any) -> RunCoordinator:
-    settings = trainer_settings(tmp_path, kafka, models, **topic_names(topics), **options)
+    settings = trainer_settings(tmp_path, kafka, models, **options)
     store = PreferenceStore(tmp_path / "trainer" / "store.sqlite")
     producer = EventProducer(kafka)
-    reporter = RunReporter(store, lambda t, e: producer.publish(t, e), settings.trainer)
+    reporter = RunReporter(store, lambda t, e: producer.publish(t, e))
     return RunCoordinator(settings, store, ModelRegistry(tmp_path / "registry"), reporter, executor,
                           TrainerMetrics(CollectorRegistry()), heartbeat_s=0.2)
 
@@ -94,7 +84,7 @@ def test_trainer_consumes_preferences_once_each(kafka: KafkaSettings, producer: 
                                                  tmp_path: Path) -> None:
     store = PreferenceStore(tmp_path / "store.sqlite")
     metrics = TrainerMetrics(CollectorRegistry())
-    prefs, outs = trainer_topics["preferences_topic"], trainer_topics["outputs_topic"]
+    prefs, outs = trainer_topics["preferences"], trainer_topics["outputs"]
     for i in range(5):
         producer.send(prefs, make_preference(i))
     producer.send(prefs, make_preference(2))  # redelivered by an upstream retry
@@ -113,7 +103,7 @@ def test_trainer_consumes_preferences_once_each(kafka: KafkaSettings, producer: 
 def test_trainer_trigger_fires_once_at_threshold_and_respects_interval_and_lock(
         kafka: KafkaSettings, trainer_topics: dict[str, Topic], tmp_path: Path) -> None:
     executor = SleepExecutor(seconds=1.5)
-    coordinator = make_coordinator(tmp_path, kafka, trainer_topics, executor, threshold=5, min_interval_s=100)
+    coordinator = make_coordinator(tmp_path, kafka, executor, threshold=5, min_interval_s=100)
     store, now = coordinator.store, [1000.0]
     job = TriggerJob(store, coordinator, coordinator.settings.trainer, coordinator.metrics, clock=lambda: now[0])
     for i in range(4):
@@ -132,7 +122,7 @@ def test_trainer_trigger_fires_once_at_threshold_and_respects_interval_and_lock(
     now[0] = time.time() + 200  # interval passed; the failed run used nothing up
     assert job.check() is not None
     assert len(executor.submitted) == 2
-    states = [e.state for e in events_of(kafka, trainer_topics["runs_topic"], TrainingRunStatus, 3)]
+    states = [e.state for e in events_of(kafka, trainer_topics["runs"], TrainingRunStatus, 3)]
     assert states[:3] == ["queued", "failed", "queued"]
     coordinator.close()
 
@@ -142,7 +132,7 @@ def test_trainer_service_full_run_publishes_and_promotes(kafka: KafkaSettings, p
                                                          tiny_models: tuple[Path, Path]) -> None:
     """Preferences on the topic -> threshold trigger -> job process: RM -> PPO -> gates ->
     registry -> ModelUpdate events; the HTTP API refuses a second run meanwhile."""
-    settings = trainer_settings(tmp_path, kafka, tiny_models, **topic_names(trainer_topics), threshold=24,
+    settings = trainer_settings(tmp_path, kafka, tiny_models, threshold=24,
                                 group_id=f"trainer-{tmp_path.name[-8:]}", min_interval_s=3600)
     registry, stop, servers = CollectorRegistry(), threading.Event(), []
     thread = threading.Thread(target=run_service, args=(settings, stop),
@@ -150,16 +140,16 @@ def test_trainer_service_full_run_publishes_and_promotes(kafka: KafkaSettings, p
     thread.start()
     try:
         assert wait_for(lambda: bool(servers), timeout_s=30)
-        base = f"http://127.0.0.1:{servers[0].port}"
+        base = f"http://127.0.0.1:{servers[0].http_port}"
         token = (tmp_path / "trainer" / "api-token").read_text().strip()  # generated: no token was set
         assert http("POST", f"{base}/v1/runs")[0] == 401
         assert http("POST", f"{base}/v1/runs", token="wrong")[0] == 401
         assert http("GET", f"{base}/v1/runs")[0] == 401
         assert http("POST", f"{base}/v1/runs", token=token)[0] == 422  # nothing stored yet
         for i in range(24):
-            producer.send(trainer_topics["preferences_topic"], make_preference(i))
+            producer.send(trainer_topics["preferences"], make_preference(i))
         producer.flush()
-        statuses = lambda: events_of(kafka, trainer_topics["runs_topic"], TrainingRunStatus, 1, 2)  # noqa: E731
+        statuses = lambda: events_of(kafka, trainer_topics["runs"], TrainingRunStatus, 1, 2)  # noqa: E731
         assert wait_for(lambda: any(e.state == "started" for e in statuses()), timeout_s=60)
         code, body = http("POST", f"{base}/v1/runs", {"reason": "again"}, token=token)
         assert code == 409 and "in progress" in body["detail"]
@@ -171,7 +161,7 @@ def test_trainer_service_full_run_publishes_and_promotes(kafka: KafkaSettings, p
         stages = [(e.state, e.stage) for e in events if e.stage]
         assert stages == [(s, st) for st in ("snapshot", "reward_model", "policy", "evaluate", "publish")
                           for s in ("stage_started", "stage_succeeded")]
-        updates = events_of(kafka, trainer_topics["updates_topic"], ModelUpdate, 2)
+        updates = events_of(kafka, trainer_topics["updates"], ModelUpdate, 2)
         assert [u.action for u in updates] == ["published", "promoted"]
         assert updates[0].model_version == "policy-v0001" and updates[0].gate_passed
         assert updates[0].reward_model_version == "rm-v0001" and updates[0].run_id == run_id
@@ -202,9 +192,9 @@ def test_trainer_service_full_run_publishes_and_promotes(kafka: KafkaSettings, p
     assert not thread.is_alive()
 
 
-def _run_in_process(tmp_path: Path, kafka: KafkaSettings, topics: dict[str, Topic], models: tuple[Path, Path],
+def _run_in_process(tmp_path: Path, kafka: KafkaSettings, models: tuple[Path, Path],
                     **options: Any) -> tuple[str, RunCoordinator]:
-    coordinator = make_coordinator(tmp_path, kafka, topics, SleepExecutor(0), models, **options)
+    coordinator = make_coordinator(tmp_path, kafka, SleepExecutor(0), models, **options)
     store = coordinator.store
     for i in range(24):
         store.add_preference(make_preference(i))
@@ -222,15 +212,15 @@ def test_trainer_failing_gate_publishes_candidate_without_promoting(
         tiny_models: tuple[Path, Path]) -> None:
     gates = {"min_rm_accuracy": 0.0, "min_win_rate": 1.01, "max_degenerate_rate": 1.0, "alpha": 1.0,
              "max_kl": 1000.0, "eval_prompts": 4, "min_eval_prompts": 1}
-    state, coordinator = _run_in_process(tmp_path, kafka, trainer_topics, tiny_models, gates=gates)
+    state, coordinator = _run_in_process(tmp_path, kafka, tiny_models, gates=gates)
     assert state == "gated"
     registry = coordinator.registry
     assert registry.versions("policy") == ["policy-v0001"] and registry.pointer("policy", "promoted") is None
     assert registry.manifest("policy", "policy-v0001")["gate"]["passed"] is False
-    updates = events_of(kafka, trainer_topics["updates_topic"], ModelUpdate, 1)
+    updates = events_of(kafka, trainer_topics["updates"], ModelUpdate, 1)
     assert [u.action for u in updates] == ["published"]
     assert not updates[0].gate_passed and "win_rate" in updates[0].gate_reasons[0]
-    statuses = events_of(kafka, trainer_topics["runs_topic"], TrainingRunStatus, 12)
+    statuses = events_of(kafka, trainer_topics["runs"], TrainingRunStatus, 12)
     assert statuses[-1].state == "gated" and "win_rate" in (statuses[-1].reason or "")
 
 
@@ -239,7 +229,7 @@ def test_trainer_killed_job_leaves_no_half_model_and_is_failed(
         tiny_models: tuple[Path, Path]) -> None:
     # a fine-tuned reward model for 500 epochs: long enough to be killed mid-training
     hyper = {"rm_mode": "finetune", "rm_epochs": 500, "max_length": 64, "rm_batch_size": 2}
-    coordinator = make_coordinator(tmp_path, kafka, trainer_topics, LocalProcessExecutor(), tiny_models, hyper=hyper)
+    coordinator = make_coordinator(tmp_path, kafka, LocalProcessExecutor(), tiny_models, hyper=hyper)
     for i in range(24):
         coordinator.store.add_preference(make_preference(i))
     run_id = coordinator.start_run("test")
@@ -255,13 +245,13 @@ def test_trainer_killed_job_leaves_no_half_model_and_is_failed(
     assert coordinator.active_run() is None
     coordinator.recover()  # what a restart does
     assert not staging.exists()
-    statuses = events_of(kafka, trainer_topics["runs_topic"], TrainingRunStatus, 5)
+    statuses = events_of(kafka, trainer_topics["runs"], TrainingRunStatus, 5)
     assert statuses[-1].state == "failed" and statuses[-1].run_id == run_id
 
 
 def test_trainer_restart_fails_the_run_of_a_dead_service(kafka: KafkaSettings, trainer_topics: dict[str, Topic],
                                                         tmp_path: Path) -> None:
-    coordinator = make_coordinator(tmp_path, kafka, trainer_topics, SleepExecutor(0))
+    coordinator = make_coordinator(tmp_path, kafka, SleepExecutor(0))
     store = coordinator.store
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -270,26 +260,26 @@ def test_trainer_restart_fails_the_run_of_a_dead_service(kafka: KafkaSettings, t
     store.try_lock("orphan", 60, pid=dead.pid)  # held by a service that died
     half = coordinator.registry.staging("orphan", "policy")
     (half / "adapter_model.safetensors").write_bytes(b"half")
-    restarted = make_coordinator(tmp_path, kafka, trainer_topics, SleepExecutor(0))
+    restarted = make_coordinator(tmp_path, kafka, SleepExecutor(0))
     assert restarted.recover() == ["orphan"]
     run = restarted.store.get_run("orphan")
     assert run is not None and run.state == "failed" and "restarted" in (run.reason or "")
     assert not half.exists() and restarted.active_run() is None
-    assert events_of(kafka, trainer_topics["runs_topic"], TrainingRunStatus, 1)[0].state == "failed"
+    assert events_of(kafka, trainer_topics["runs"], TrainingRunStatus, 1)[0].state == "failed"
 
 
 def test_run_counts_survive_a_trainer_restart(kafka: KafkaSettings, trainer_topics: dict[str, Topic],
                                              tmp_path: Path) -> None:
     """The status line reads `rlhf_trainer_runs_recorded`: a restarted trainer (a new
     coordinator on the same store) still reports the runs before it."""
-    first = make_coordinator(tmp_path, kafka, trainer_topics, SleepExecutor(seconds=0.2))
+    first = make_coordinator(tmp_path, kafka, SleepExecutor(seconds=0.2))
     for i in range(6):
         first.store.add_preference(make_preference(i))
     assert first.wait(first.start_run("manual"), 20) == "failed"
     gauge = lambda c, state: c.metrics.runs_recorded.labels(state)._value.get()  # noqa: E731
     assert gauge(first, "failed") == 1
     first.close()
-    restarted = make_coordinator(tmp_path, kafka, trainer_topics, SleepExecutor(seconds=0.2))
+    restarted = make_coordinator(tmp_path, kafka, SleepExecutor(seconds=0.2))
     restarted.recover()
     assert gauge(restarted, "failed") == 1 and gauge(restarted, "succeeded") == 0
     assert restarted.metrics.runs.labels("failed")._value.get() == 0  # the process counter starts afresh

@@ -44,7 +44,7 @@ def run_once(data_dir: Path, kafka: KafkaSettings, models: tuple[Path, Path], pr
     store = PreferenceStore(data_dir / "trainer" / "store.sqlite")
     producer = EventProducer(kafka)
     registry = ModelRegistry(data_dir / "registry")
-    reporter = RunReporter(store, lambda topic, event: producer.publish(topic, event), settings.trainer)
+    reporter = RunReporter(store, lambda topic, event: producer.publish(topic, event))
     coordinator = RunCoordinator(settings, store, registry, reporter,
                                  LocalProcessExecutor.from_options(settings.trainer),
                                  TrainerMetrics(CollectorRegistry()), heartbeat_s=0.2)
@@ -99,8 +99,7 @@ def test_killing_the_launcher_takes_every_rank_with_it(kafka: KafkaSettings, tmp
     producer = EventProducer(kafka)
     registry = ModelRegistry(tmp_path / "registry")
     coordinator = RunCoordinator(settings, store, registry,
-                                 RunReporter(store, lambda topic, event: producer.publish(topic, event),
-                                             settings.trainer),
+                                 RunReporter(store, lambda topic, event: producer.publish(topic, event)),
                                  LocalProcessExecutor.from_options(settings.trainer),
                                  TrainerMetrics(CollectorRegistry()), heartbeat_s=0.2)
     try:

@@ -10,7 +10,7 @@ published into the registry; OOMKilled and a service shutdown are driven through
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +21,17 @@ from services.trainer.executor import job_name
 from services.trainer.service import run_service
 from services.trainer.store import PreferenceStore
 from shared.bus import EventProducer
-from shared.contracts import ModelOutput, ModelUpdate, Preference, TrainingRunStatus
+from shared.contracts import ModelUpdate, TrainingRunStatus
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.conftest import read_topic, wait_for
 from tests.helpers.k8s_api_double import KubeApiDouble
 from tests.trainer_support import make_preference, trainer_settings
+from tests.trainer_support import loop_trainer_topics, own_broker_kafka  # noqa: F401 (fixtures: kafka, trainer_topics)
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore:var\\(\\):UserWarning")]
 NS = "rlhf-loop"
-
-
-@pytest.fixture
-def topics(make_topic: Callable[..., Topic]) -> dict[str, Topic]:
-    return {"preferences_topic": make_topic(Preference, 3), "outputs_topic": make_topic(ModelOutput, 3),
-            "runs_topic": make_topic(TrainingRunStatus), "updates_topic": make_topic(ModelUpdate)}
 
 
 @pytest.fixture
@@ -53,10 +48,10 @@ def statuses(kafka: KafkaSettings, topic: Topic, expected: int = 1, timeout_s: f
     return [TrainingRunStatus.model_validate_json(r.value) for r in read_topic(kafka, topic.name, expected, timeout_s)]
 
 
-def start_trainer(tmp_path: Path, kafka: KafkaSettings, producer: EventProducer, topics: dict[str, Topic],
+def start_trainer(tmp_path: Path, kafka: KafkaSettings, producer: EventProducer, trainer_topics: dict[str, Topic],
                   models: tuple[Path, Path] | None, preferences: int, **options: Any) -> tuple[threading.Event, threading.Thread]:
-    settings = trainer_settings(tmp_path, kafka, models, **{k: t.name for k, t in topics.items()},
-                                threshold=preferences, group_id=f"trainer-{tmp_path.name[-8:]}", min_interval_s=3600,
+    settings = trainer_settings(tmp_path, kafka, models, threshold=preferences,
+                                group_id=f"trainer-{tmp_path.name[-8:]}", min_interval_s=3600,
                                 executor="kubernetes", kubernetes_namespace=NS, kubernetes_image="rlhf-loop:test",
                                 **options)
     stop = threading.Event()
@@ -64,19 +59,19 @@ def start_trainer(tmp_path: Path, kafka: KafkaSettings, producer: EventProducer,
                               daemon=True)
     thread.start()
     for i in range(preferences):
-        producer.send(topics["preferences_topic"], make_preference(i))
+        producer.send(trainer_topics["preferences"], make_preference(i))
     producer.flush()
     return stop, thread
 
 
 def test_a_succeeded_job_publishes_its_version(kafka: KafkaSettings, producer: EventProducer, api: KubeApiDouble,
-                                              topics: dict[str, Topic], tmp_path: Path,
+                                              trainer_topics: dict[str, Topic], tmp_path: Path,
                                               tiny_models: tuple[Path, Path]) -> None:
-    stop, thread = start_trainer(tmp_path, kafka, producer, topics, tiny_models, 24)
+    stop, thread = start_trainer(tmp_path, kafka, producer, trainer_topics, tiny_models, 24)
     try:
-        assert wait_for(lambda: any(e.is_terminal for e in statuses(kafka, topics["runs_topic"])), timeout_s=150,
+        assert wait_for(lambda: any(e.is_terminal for e in statuses(kafka, trainer_topics["runs"])), timeout_s=150,
                         interval_s=0.5)
-        events = statuses(kafka, topics["runs_topic"])
+        events = statuses(kafka, trainer_topics["runs"])
         run_id = events[0].run_id
         logs = "".join(p.read_text()[-3000:] for p in api.pod_logs.values())
         assert events[-1].state == "succeeded", logs
@@ -84,7 +79,7 @@ def test_a_succeeded_job_publishes_its_version(kafka: KafkaSettings, producer: E
         assert body["metadata"]["name"] == job_name(run_id) and body["metadata"]["labels"]["rlhf/run-id"] == run_id
         assert [s for e in events if (s := e.stage) and e.state == "stage_succeeded"][-1] == "publish"
         assert (tmp_path / "registry" / "policy" / "policy-v0001" / "adapter_model.safetensors").is_file()
-        updates = [ModelUpdate.model_validate_json(r.value) for r in read_topic(kafka, topics["updates_topic"].name, 1)]
+        updates = [ModelUpdate.model_validate_json(r.value) for r in read_topic(kafka, trainer_topics["updates"].name, 1)]
         assert updates[0].action == "published" and updates[0].run_id == run_id
         assert api.deletions == [] and api.invalid == []  # finished Jobs are left to ttlSecondsAfterFinished
         store = PreferenceStore(tmp_path / "trainer" / "store.sqlite")
@@ -98,14 +93,14 @@ def test_a_succeeded_job_publishes_its_version(kafka: KafkaSettings, producer: E
 
 
 def test_an_oomkilled_pod_fails_the_run_with_that_reason(kafka: KafkaSettings, producer: EventProducer,
-                                                        api: KubeApiDouble, topics: dict[str, Topic],
+                                                        api: KubeApiDouble, trainer_topics: dict[str, Topic],
                                                         tmp_path: Path) -> None:
     api.kubelet = "oom"
-    stop, thread = start_trainer(tmp_path, kafka, producer, topics, None, 6, kubernetes_memory_limit="12Gi")
+    stop, thread = start_trainer(tmp_path, kafka, producer, trainer_topics, None, 6, kubernetes_memory_limit="12Gi")
     try:
-        assert wait_for(lambda: any(e.is_terminal for e in statuses(kafka, topics["runs_topic"])), timeout_s=60,
+        assert wait_for(lambda: any(e.is_terminal for e in statuses(kafka, trainer_topics["runs"])), timeout_s=60,
                         interval_s=0.3)
-        events = statuses(kafka, topics["runs_topic"], 2)
+        events = statuses(kafka, trainer_topics["runs"], 2)
         assert [e.state for e in events] == ["queued", "failed"]
         assert events[-1].reason.startswith("OOMKilled: pod rlhf-train-") and "(12Gi)" in events[-1].reason
         assert "exit code 137" in events[-1].reason
@@ -120,9 +115,9 @@ def test_an_oomkilled_pod_fails_the_run_with_that_reason(kafka: KafkaSettings, p
 
 
 def test_stopping_the_service_deletes_the_job(kafka: KafkaSettings, producer: EventProducer, api: KubeApiDouble,
-                                              topics: dict[str, Topic], tmp_path: Path) -> None:
+                                              trainer_topics: dict[str, Topic], tmp_path: Path) -> None:
     api.kubelet = "hang"
-    stop, thread = start_trainer(tmp_path, kafka, producer, topics, None, 6)
+    stop, thread = start_trainer(tmp_path, kafka, producer, trainer_topics, None, 6)
     store = PreferenceStore(tmp_path / "trainer" / "store.sqlite")
     try:
         assert wait_for(lambda: bool(api.created) and bool(api.pods), timeout_s=60)

@@ -46,7 +46,7 @@ class Loop:
         self.store = PreferenceStore(tmp_path / "trainer" / "store.sqlite")
         self.registry = ModelRegistry(tmp_path / "registry")
         self.events: list[Event] = []
-        self.reporter = RunReporter(self.store, lambda _topic, event: self.events.append(event), self.settings.trainer)
+        self.reporter = RunReporter(self.store, lambda _topic, event: self.events.append(event))
         self.work_dir = tmp_path / "trainer"
 
     def add(self, prefs: list[Preference]) -> None:
@@ -219,7 +219,7 @@ def test_a_promotion_the_broker_does_not_acknowledge_is_retried_and_never_fails_
     promotion recorded, and says so (policy servers heal by reconciling with the registry)."""
     loop = Loop(tmp_path, tiny_models)
     broker = UnackedPromotions(loop.events, unacked=2)
-    loop.reporter = RunReporter(loop.store, broker, loop.settings.trainer)
+    loop.reporter = RunReporter(loop.store, broker)
     loop.add([make_preference(i) for i in range(24)])
     state, run = loop.run()
     assert state == "succeeded" and loop.registry.pointer("policy", "promoted") == "policy-v0001"
@@ -247,7 +247,7 @@ def test_a_promotion_whose_event_was_lost_is_announced_again_from_the_registry(
     and not while a run may still be sending its own."""
     loop = Loop(tmp_path, tiny_models)
     broker = UnackedPromotions(loop.events, unacked=1_000)  # the job's tries all fail
-    loop.reporter = RunReporter(loop.store, broker, loop.settings.trainer)
+    loop.reporter = RunReporter(loop.store, broker)
     loop.add([make_preference(i) for i in range(24)])
     state, _run = loop.run()
     assert state == "succeeded" and loop.registry.pointer("policy", "promoted") == "policy-v0001"
@@ -286,12 +286,18 @@ def test_every_optimiser_trains_only_the_adapter(tmp_path: Path, tiny_models: tu
     rows = store.preferences_upto(store.max_seq())
     backbone = RewardModel.frozen_backbone(tiny_models[0], max_length=64)
     backbone.save_head(tmp_path / "rm", torch.randn(backbone.head.hidden_size))  # type: ignore[union-attr]
-    hyper = Hyperparameters(**{**TINY_HYPER, "policy_learning_rate": 1e-2, "ppo_episodes": 8, "group_steps": 1})
+    # TRL's own options pass through (a constant learning rate of 0.0123 instead of ours, decayed)
+    trl = {algorithm: {"learning_rate": 0.0123, "lr_scheduler_type": "constant"}}
+    hyper = Hyperparameters(**{**TINY_HYPER, "policy_learning_rate": 1e-2, "ppo_episodes": 8, "group_steps": 1,
+                               "trl": trl})
     result = get_optimizer(algorithm).train(
         PolicyTrainConfig(base_model=str(tiny_models[0]), reward_model=str(tmp_path / "rm"),
                           output_dir=tmp_path / "out", hyper=hyper),
         PolicyData(prompts=[r.prompt for r in rows], pairs=pair_rows(rows)))
     assert result.algorithm == algorithm and result.episodes > 0 and result.init == "fresh"
+    # what TRL logged, collected by the callback: the learning rate it trained with is ours overridden
+    rates = {k: v for k, v in result.metrics.items() if k in (f"{algorithm}_lr", f"{algorithm}_learning_rate")}
+    assert rates and all(abs(v - 0.0123) < 1e-9 for v in rates.values()), result.metrics
     weights = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
     lora_b = [w for name, w in weights.items() if "lora_B" in name]
     assert lora_b and any(float(w.abs().sum()) > 0 for w in lora_b)  # B starts at zero: it moved

@@ -27,7 +27,7 @@ def test_a_run_on_2k_stored_preferences_trains_on_its_window(tmp_path: Path,
     fill_store(store_path, 2_000, finished_at=1_750)
     store = PreferenceStore(store_path)
     registry = ModelRegistry(tmp_path / "registry")
-    reporter = RunReporter(store, lambda _topic, _event: None, settings.trainer)
+    reporter = RunReporter(store, lambda _topic, _event: None)
     watermark = store.max_seq()
     live = store.preferences_upto(watermark)
     new = [r.seq for r in live if r.seq > 1_750 and not is_heldout(r.prompt_hash, 0.2)]

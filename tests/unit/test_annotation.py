@@ -16,7 +16,6 @@ from services.annotation.rankings import collect, revision_of
 from services.annotation.records import task_from_metadata, task_to_record
 from services.annotation.schema import Layout
 from services.annotation.settings import AnnotationOptions
-from services.annotation.simulated_annotator import ranks_from_scores
 from shared.contracts import AnnotatorRanking, CandidateRank, RankingResult, ranking_id_for
 from tests import factories
 
@@ -127,12 +126,6 @@ def test_a_task_survives_the_round_trip_through_record_metadata() -> None:
     assert record["external_id"] == task.task_id
     assert task_from_metadata(record["metadata"]) == task
     assert record["fields"]["prompt"].startswith("**user:**")
-
-
-def test_ranks_from_scores_uses_competition_ranking_with_tolerance() -> None:
-    assert ranks_from_scores([1.0, 3.0, 2.0]) == [3, 1, 2]
-    assert ranks_from_scores([5.0, 5.0, 1.0]) == [1, 1, 3]
-    assert ranks_from_scores([5.0, 4.9, 1.0], tie_within=0.2) == [1, 1, 3]
 
 
 def test_settings_default_the_guideline_version_to_the_file_stem() -> None:

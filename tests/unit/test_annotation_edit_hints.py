@@ -15,6 +15,7 @@ import httpx
 from services.annotation import collector
 from services.annotation.settings import AnnotationOptions
 from services.annotation.webhooks import EVENTS, PATH, WebhookListener, record_id_of
+from tests.helpers.routes import serving
 
 RECORD = str(uuid.uuid4())
 # The shapes argilla-server 2.8.0 sends (trimmed): record events carry the record as
@@ -48,9 +49,8 @@ def test_a_delivery_that_names_no_record_gives_no_hint() -> None:
 def test_the_listener_keeps_the_records_of_verified_deliveries_only() -> None:
     key = b"0123456789abcdef0123456789abcdef"
     woken: list[int] = []
-    listener = WebhookListener("127.0.0.1", 0, on_event=lambda: woken.append(1)).start()
+    listener = WebhookListener(on_event=lambda: woken.append(1))
     listener.secret = "whsec_" + base64.b64encode(key).decode()
-    url = f"http://127.0.0.1:{listener.port}{PATH}"
 
     def signed(content: bytes, msg_id: str) -> dict[str, str]:
         timestamp = str(int(time.time()))
@@ -58,18 +58,16 @@ def test_the_listener_keeps_the_records_of_verified_deliveries_only() -> None:
         return {"webhook-id": msg_id, "webhook-timestamp": timestamp,
                 "webhook-signature": f"v1,{base64.b64encode(mac).decode()}"}
 
-    try:
-        with httpx.Client(timeout=10) as http:
-            forged = body({"type": "record.completed", "data": {"id": str(uuid.uuid4())}})
-            assert http.post(url, content=forged, headers={**signed(forged, "m0"), "webhook-id": "m9"}).status_code == 401
-            for n, event in enumerate((RECORD_COMPLETED, RESPONSE_UPDATED)):
-                content = body(event)
-                assert http.post(url, content=content, headers=signed(content, f"m{n + 1}")).status_code == 204
+    with serving(listener.router()) as base, httpx.Client(timeout=10) as http:
+        url = f"{base}{PATH}"
+        forged = body({"type": "record.completed", "data": {"id": str(uuid.uuid4())}})
+        assert http.post(url, content=forged, headers={**signed(forged, "m0"), "webhook-id": "m9"}).status_code == 401
+        for n, event in enumerate((RECORD_COMPLETED, RESPONSE_UPDATED)):
+            content = body(event)
+            assert http.post(url, content=content, headers=signed(content, f"m{n + 1}")).status_code == 204
         assert listener.take_records() == [RECORD]  # two deliveries about one record: one hint
         assert listener.take_records() == []
         assert len(woken) == 2
-    finally:
-        listener.stop()
 
 
 def test_edits_are_subscribed_to_and_the_rescan_defaults_match_the_settings() -> None:

@@ -3,16 +3,21 @@ and the pacing that lets training have the CPU."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from services.annotation.embedded_ui import argilla_dir, embedded_ui, publish_endpoint
 from services.demo.oracles import is_finished, prefer_concise
 from services.demo.pacing import TrainingWatch
+from services.demo.simulated_annotator import ranks_from_scores
 from services.trainer.metrics import TrainerMetrics
 from shared.datasets.hh_rlhf import prompt_split
-from shared.observability.http import HealthServer
+from shared.web import ops_router
+from tests.helpers.routes import serving
 
 
 def test_concise_preference_ranks_finished_short_answers_first() -> None:
@@ -38,8 +43,8 @@ def test_prompt_split_is_disjoint_and_stable() -> None:
 def test_training_watch_holds_while_a_run_trains() -> None:
     registry = CollectorRegistry()
     metrics = TrainerMetrics(registry)
-    with HealthServer(registry, "127.0.0.1", 0) as server:
-        watch = TrainingWatch(f"http://127.0.0.1:{server.port}", enabled=True, refresh_s=0.05)
+    with serving(ops_router(registry, {}, {})) as base:
+        watch = TrainingWatch(base, enabled=True, refresh_s=0.05)
         assert not watch.training()
         metrics.run_active.set(1)
         time.sleep(0.1)
@@ -53,15 +58,15 @@ def test_training_watch_holds_while_a_run_trains() -> None:
         time.sleep(0.1)
         threading.Timer(0.2, stop.set).start()
         assert not watch.wait_until_idle(stop)  # a shutdown ends the wait
-        assert not TrainingWatch(f"http://127.0.0.1:{server.port}", enabled=False).training()
+        assert not TrainingWatch(base, enabled=False).training()
     assert not TrainingWatch("http://127.0.0.1:9", enabled=True).training()  # trainer unreachable: no pause
 
 
 def test_the_replay_waits_while_the_probe_measures_a_new_version() -> None:
     registry = CollectorRegistry()
     TrainerMetrics(registry)  # no run active
-    with HealthServer(registry, "127.0.0.1", 0) as server:
-        watch = TrainingWatch(f"http://127.0.0.1:{server.port}", enabled=True, refresh_s=0.05)
+    with serving(ops_router(registry, {}, {})) as base:
+        watch = TrainingWatch(base, enabled=True, refresh_s=0.05)
         assert watch.wait_for_traffic_turn(threading.Event())  # nobody ahead: at once
         waited: list[float] = []
 
@@ -77,6 +82,28 @@ def test_the_replay_waits_while_the_probe_measures_a_new_version() -> None:
             assert replay.is_alive()  # held while the probe measures
         replay.join(2)
         assert waited and waited[0] >= 0.35
-        off = TrainingWatch(f"http://127.0.0.1:{server.port}", enabled=False)
+        off = TrainingWatch(base, enabled=False)
         with off.probe_first():  # pacing off: the replay never waits
             assert off.wait_for_traffic_turn(threading.Event())
+
+
+def test_ranks_from_scores_uses_competition_ranking_with_tolerance() -> None:
+    assert ranks_from_scores([1.0, 3.0, 2.0]) == [3, 1, 2]
+    assert ranks_from_scores([5.0, 5.0, 1.0]) == [1, 1, 3]
+    assert ranks_from_scores([5.0, 4.9, 1.0], tie_within=0.2) == [1, 1, 3]
+
+
+def test_the_demo_finds_the_embedded_ui_only_through_the_annotation_package(tmp_path: Path) -> None:
+    ui_dir = argilla_dir(tmp_path)
+    ui_dir.mkdir()
+    assert embedded_ui(ui_dir) is None  # the annotation service has not started Argilla
+    (ui_dir / "credentials.json").write_text(json.dumps([  # what shared.embedded.argilla writes
+        {"username": "owner", "password": "p0", "api_key": "k0", "role": "owner"},
+        {"username": "annotator-1", "password": "p1", "api_key": "k1", "role": "annotator"}]))
+    assert embedded_ui(ui_dir) is None  # credentials, but no server up yet
+    endpoint = publish_endpoint(ui_dir, "http://127.0.0.1:6900")
+    ui = embedded_ui(ui_dir)
+    assert ui is not None and ui.url == "http://127.0.0.1:6900"
+    assert [(u.username, u.password) for u in ui.annotators] == [("annotator-1", "p1")]  # never the owner
+    endpoint.unlink()  # what the service does at stop
+    assert embedded_ui(ui_dir) is None

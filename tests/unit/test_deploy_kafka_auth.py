@@ -3,10 +3,10 @@ SASL_SSL + SCRAM-SHA-512 as its own Strimzi KafkaUser, trusts the cluster CA mou
 from Strimzi's `<cluster>-cluster-ca-cert` Secret, and its ACLs are exactly what the
 code reads and writes.
 
-What a service reads and writes is not listed here: each service's `main` is run once
-with the Kafka clients replaced by mocks, and what it subscribes to (topics, group),
-dead-letters to and declares it produces (or makes sure exists without consuming) is
-recorded. A new topic, a renamed group or a new consumer changes what the ACLs must be.
+What a service reads and writes is not listed here: each service's real `main` is run
+once against the embedded broker, and what its App declares (the topics each consumer
+reads, its group and dead-letter topic, every topic it writes) is recorded. A new
+topic, a renamed group or a new consumer changes what the ACLs must be.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import certifi
 import pytest
@@ -55,55 +54,36 @@ class KafkaAccess:
                 | {("group", g, "Read") for g in self.groups})
 
 
-# Only what would reach a model, Argilla or a server socket of its own is replaced
-# besides the Kafka clients; everything else in each `main` runs for real.
-HEAVY = {"policy-server": ("PolicyPool", "VersionManager", "base_model_path", "create_app", "uvicorn"),
-         "annotation": ("start_collector_schedule",), "capture": ("AppServer",)}
 SERVICE_ENV = {"annotation": {"RLHF_ANNOTATION__ARGILLA_URL": "http://127.0.0.1:9", "RLHF_ANNOTATION__API_KEY": "k",
                               "RLHF_ANNOTATION__WEBHOOKS": "false"},
                "vllm-deployer": {"RLHF_VLLM_DEPLOYER__BASE_URLS": '["http://127.0.0.1:9"]'}}
 
 
-def observe(service: str, data_dir: Path) -> KafkaAccess:
-    """Run `service`'s main (stop already set) against mocked Kafka clients and record
-    what it touches."""
-    import shared.bus.consumer as consumer_module
-    import shared.bus.producer as producer_module
-    from services import runner
+def observe(service: str, data_dir: Path, broker: Any, base_model: Path) -> KafkaAccess:
+    """Run `service`'s real `main` (stop already set) against the embedded broker and
+    record what its App declares as it starts: the topics each consumer reads, its
+    group and dead-letter topic, and every topic it writes."""
+    from shared.app import App
 
     seen = KafkaAccess()
     module = importlib.import_module(SERVICES[service])
-    real_loop_init = consumer_module.ConsumerLoop.__init__
+    real_run = App.run
 
-    def loop_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        real_loop_init(self, *args, **kwargs)
-        seen.reads |= set(self._topics)
-        seen.groups.add(self.group_id)
-        seen.writes.add(self.dead_letter_topic)
-
-    def ensure(_kafka: Any, wanted: list[tuple[str, int]]) -> list[str]:
-        seen.ensured |= {name for name, _ in wanted}
-        return []
+    def run_and_record(app: App, stop: threading.Event) -> None:
+        for decl in app._consumers:  # the declaration is what the ACLs are checked against
+            seen.reads |= {t.name for t in decl.topics}
+            seen.groups.add(decl.group_id)
+            seen.writes.add(decl.dead_letter_topic)
+            seen.writes |= {t.name for t in decl.produces}
+        seen.writes |= {t.name for t in app._produces}
+        seen.ensured |= {name for name, _ in app.topology()}
+        real_run(app, stop)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(consumer_module, "KafkaConsumer", mock.MagicMock())
-        patch.setattr(producer_module, "KafkaProducer", mock.MagicMock())
-        patch.setattr(consumer_module.ConsumerLoop, "__init__", loop_init)
-        for target in (runner, module):
-            for name, replacement in (("wait_until_reachable", lambda _kafka: None), ("ensure_topics", ensure)):
-                if hasattr(target, name):
-                    patch.setattr(target, name, replacement)
-        if hasattr(module, "run_consumer_service"):
-            real_run = module.run_consumer_service
-
-            def run_and_record(spec: Any, *args: Any, **kwargs: Any) -> None:
-                seen.writes.update(t.name for t in spec.produces)
-                real_run(spec, *args, **kwargs)
-
-            patch.setattr(module, "run_consumer_service", run_and_record)
-        for name in HEAVY.get(service, ()):
-            patch.setattr(module, name, mock.MagicMock())
+        patch.setattr(App, "run", run_and_record)
         for name, value in {"RLHF_DATA_DIR": str(data_dir), "RLHF_HTTP__PORT": "0",
+                            "RLHF_KAFKA__BOOTSTRAP_SERVERS": broker.kafka_settings().bootstrap_servers,
+                            "RLHF_POLICY_SERVER__BASE_MODEL": str(base_model),
                             "RLHF_CONSUMER__CREATE_TOPICS": "true", **SERVICE_ENV.get(service, {})}.items():
             patch.setenv(name, value)
         stop = threading.Event()
@@ -115,8 +95,8 @@ def observe(service: str, data_dir: Path) -> KafkaAccess:
 
 
 @pytest.fixture(scope="module")
-def code_access(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KafkaAccess]:
-    return {name: observe(name, tmp_path_factory.mktemp(name)) for name in DEPLOYED}
+def code_access(tmp_path_factory: pytest.TempPathFactory, broker: Any, tiny_policy: Path) -> dict[str, KafkaAccess]:
+    return {name: observe(name, tmp_path_factory.mktemp(name), broker, tiny_policy) for name in DEPLOYED}
 
 
 @pytest.fixture(scope="module", params=["dev", "prod"])

@@ -163,3 +163,38 @@ def test_trainer_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert s.trainer.reward_base_model == s.trainer.base_model  # the reward head reads the policy's own backbone
     monkeypatch.setenv("RLHF_MODELS_DIR", str(tmp_path / "shared-models"))
     assert TrainerSettings().trainer.base_model == os.path.join(str(tmp_path), "shared-models", "smollm2-135m-instruct")
+
+
+def test_trl_options_are_passed_through_by_trl_names_and_unknown_ones_refused() -> None:
+    from trl import DPOConfig
+
+    from services.trainer.policy.base import trl_config
+
+    args = trl_config(DPOConfig, {"output_dir": "/tmp/x", "beta": 0.1, "use_cpu": True}, {"beta": 0.5, "loss_type": ["ipo"]},
+                      "RLHF_TRAINER__HYPER__TRL__DPO")
+    assert args.beta == 0.5 and args.loss_type == ["ipo"]  # the user's option over ours
+    with pytest.raises(ValueError, match="RLHF_TRAINER__HYPER__TRL__DPO: DPOConfig has no option betta"):
+        trl_config(DPOConfig, {"output_dir": "/tmp/x", "use_cpu": True}, {"betta": 0.5}, "RLHF_TRAINER__HYPER__TRL__DPO")
+
+
+def test_every_logged_series_is_kept_and_a_renamed_one_is_reported() -> None:
+    from services.trainer.policy.base import summarise_logs
+
+    logs = [{"objective/kl": 1.0, "loss/policy_avg": 0.5, "lr": 0.1}, {"objective/kl": 3.0, "lr": 0.1}]
+    metrics = summarise_logs(logs, "ppo", {"objective/kl": "ppo_kl", "objective/scores": "ppo_score"})
+    assert metrics["ppo_kl"] == 2.0 and metrics["ppo_kl_last"] == 3.0  # the stable name for a known series
+    assert metrics["ppo_loss_policy_avg"] == 0.5 and metrics["ppo_lr"] == 0.1  # and every other one
+    assert metrics["trl_metrics_missing"] == 1.0  # objective/scores was not logged
+    assert "trl_metrics_missing" not in summarise_logs(logs, "ppo", {"objective/kl": "ppo_kl"})
+
+
+def test_a_logged_nan_is_no_measurement() -> None:
+    import math
+
+    from services.trainer.policy.base import logged_metrics, summarise_logs
+
+    callback = logged_metrics()
+    state = type("State", (), {"is_world_process_zero": True})()
+    callback.on_log(None, state, None, logs={"val/ratio_var": math.nan, "objective/kl": 1.5, "done": True})
+    metrics = summarise_logs(callback.logs, "ppo", {"objective/kl": "ppo_kl"})
+    assert metrics == {"ppo_kl": 1.5, "ppo_kl_last": 1.5}  # a ModelUpdate refuses NaN metrics

@@ -4,12 +4,17 @@ implementation, and RLOO, GRPO and DPO sit beside it, without touching the pipel
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ..distributed import Ranks
 from ..settings import Hyperparameters
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,17 +76,55 @@ def get_optimizer(name: str) -> PolicyOptimizer:
         raise ValueError(f"unknown algorithm {name!r}; known: {sorted(optimizers)}") from None
 
 
-def history_metrics(history: list[dict[str, float]], wanted: dict[str, str]) -> dict[str, float]:
-    """Means over the run of the logged values TRL names in `wanted` (TRL key -> ours),
-    plus the last value of each as `<ours>_last`. A key TRL no longer logs is reported
-    as missing rather than silently dropped."""
+def logged_metrics() -> Any:
+    """A TrainerCallback that keeps every numeric value TRL logs (`on_log`), on rank 0:
+    what a run measured is read from what TRL reported, not looked up by key later."""
+    from transformers import TrainerCallback
+
+    class LoggedMetrics(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.logs: list[dict[str, float]] = []
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if logs and state.is_world_process_zero:
+                # a NaN (e.g. a variance over one sample) is no measurement: events carry finite numbers
+                self.logs.append({k: float(v) for k, v in logs.items()
+                                  if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)})
+
+    return LoggedMetrics()
+
+
+def summarise_logs(logs: list[dict[str, float]], prefix: str, named: dict[str, str]) -> dict[str, float]:
+    """Every series TRL logged, as `<prefix>_<key>` (its mean over the run) and
+    `<prefix>_<key>_last`; the series gates, dashboards and the README read keep their
+    stable names (`named`: TRL key -> ours). A named series TRL did not log (renamed in
+    a new TRL) is counted in `trl_metrics_missing` and warned about, never silently
+    dropped."""
+    series: dict[str, list[float]] = {}
+    for entry in logs:
+        for key, value in entry.items():
+            series.setdefault(key, []).append(value)
     metrics: dict[str, float] = {}
-    for key, short in wanted.items():
-        values = [float(entry[key]) for entry in history if key in entry]
-        if values:
-            metrics[short] = sum(values) / len(values)
-            metrics[f"{short}_last"] = values[-1]
-    missing = [key for key in wanted if all(key not in e for e in history)]
-    if missing and history:
+    for key, values in series.items():
+        short = named.get(key) or f"{prefix}_" + re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
+        metrics[short] = sum(values) / len(values)
+        metrics[f"{short}_last"] = values[-1]
+    missing = sorted(key for key in named if key not in series)
+    if missing and logs:
+        log.warning("TRL no longer logs %s (renamed?): those run metrics are missing", missing)
         metrics["trl_metrics_missing"] = float(len(missing))
     return metrics
+
+
+def trl_config(config_class: Any, ours: dict[str, Any], overrides: dict[str, Any], setting: str) -> Any:
+    """`config_class(**ours)` with the user's TRL options on top (RLHF_TRAINER__HYPER__TRL__<SECTION>,
+    JSON): TRL's own names and meanings, so anything TRL offers can be set without a
+    setting of ours for it. An option TRL's config does not have is refused by name."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{setting}: {config_class.__name__} has no option {', '.join(unknown)}")
+    return config_class(**{**ours, **overrides})

@@ -17,7 +17,7 @@ from typing import Any
 
 from shared.models.reward import RewardModel, load_tokenizer
 
-from .base import PolicyData, PolicyResult, PolicyTrainConfig, history_metrics
+from .base import PolicyData, PolicyResult, PolicyTrainConfig, logged_metrics, summarise_logs, trl_config
 from .init import load_policy, save_adapter, settle_reference
 
 GROUP_METRICS = {"reward": "group_reward", "reward_std": "group_reward_std", "kl": "group_kl",
@@ -68,20 +68,21 @@ class GroupOptimizer:
 
         generations = hyper.num_generations
         per_device = max(generations, hyper.policy_batch_size - hyper.policy_batch_size % generations)
-        args = config_class(
+        args = trl_config(config_class, dict(
             output_dir=str(config.output_dir / "_trainer"), per_device_train_batch_size=per_device,
             num_generations=generations, max_completion_length=hyper.response_length,
             learning_rate=hyper.policy_learning_rate, beta=hyper.kl_coef, temperature=hyper.temperature,
             top_k=0, top_p=1.0, max_steps=hyper.group_steps, seed=hyper.seed, **trl_common_args(config.device),
-        )
+        ), hyper.trl.get(self.name, {}), f"RLHF_TRAINER__HYPER__TRL__{self.name.upper()}")
+        logged = logged_metrics()
         trainer = trainer_class(model=start.model, reward_funcs=score, args=args,
                                 train_dataset=Dataset.from_list([{"prompt": p} for p in data.prompts]),
-                                processing_class=tok)
+                                processing_class=tok, callbacks=[logged])
         settle_reference(trainer.model, config.reference)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-        metrics = history_metrics(trainer.state.log_history, GROUP_METRICS)
+        metrics = summarise_logs(logged.logs, self.name, GROUP_METRICS)
         save_adapter(trainer.model, config.output_dir, config.ranks)
         init, note = start.init, start.note
         del trainer, start

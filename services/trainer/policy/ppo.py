@@ -14,7 +14,7 @@ from typing import Any
 
 from shared.models.reward import RewardModel, load_tokenizer
 
-from .base import PolicyData, PolicyResult, PolicyTrainConfig, history_metrics
+from .base import PolicyData, PolicyResult, PolicyTrainConfig, logged_metrics, summarise_logs, trl_config
 from .init import TRAINED_ADAPTER, load_policy, save_adapter
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -69,7 +69,7 @@ class PpoOptimizer:
         batch = min(hyper.policy_batch_size, len(dataset))
         mini_batches = max(1, min(hyper.ppo_mini_batches, batch))
         batch -= batch % mini_batches
-        args = PPOConfig(
+        args = trl_config(PPOConfig, dict(
             output_dir=str(config.output_dir / "_trainer"), per_device_train_batch_size=batch,
             local_rollout_forward_batch_size=batch, num_mini_batches=mini_batches,
             total_episodes=max(hyper.ppo_episodes, batch), num_ppo_epochs=hyper.ppo_epochs,
@@ -78,16 +78,17 @@ class PpoOptimizer:
             stop_token="eos", missing_eos_penalty=hyper.missing_eos_penalty, num_sample_generations=0,
             model_adapter_name=TRAINED_ADAPTER, ref_adapter_name=start.reference_adapter,
             seed=hyper.seed, **trl_common_args(config.device),
-        )
+        ), hyper.trl.get("ppo", {}), "RLHF_TRAINER__HYPER__TRL__PPO")
+        logged = logged_metrics()
         trainer = PPOTrainer(args=args, processing_class=tok, model=start.model, ref_model=None,
                              reward_model=FinalAnswerReward(reward, tok.eos_token_id, generation_suffix(tok)),
                              train_dataset=dataset,
-                             value_model=SharedBackboneValue(reward), peft_config=None)
+                             value_model=SharedBackboneValue(reward), peft_config=None, callbacks=[logged])
         expose_policy_through_ddp(trainer)
         started = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - started
-        metrics = history_metrics(trainer.state.log_history, PPO_METRICS)
+        metrics = summarise_logs(logged.logs, "ppo", PPO_METRICS)
         policy = trainer.accelerator.unwrap_model(trainer.model).policy  # DDP wraps it on more than one process
         save_adapter(policy, config.output_dir, config.ranks)
         init, note = start.init, start.note

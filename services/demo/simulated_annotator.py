@@ -11,7 +11,7 @@ on the page, the prompt and the answer texts (higher is better), e.g. "the HH-RL
 units of the oracle's score) before ranking, candidates whose noisy scores are within
 `tie_within` share a rank, and `delay_s` is a pause per record, like reading time.
 
-Run: python -m services.annotation.simulated_annotator --url URL --username U --password P
+Run: python -m services.demo.simulated_annotator --url URL --username U --password P
 (the oracle there prefers longer answers, a deliberately naive stand-in).
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from .schema import PROMPT_FIELD, RANK_QUESTION, answer_field
+from services.annotation.schema import PROMPT_FIELD, RANK_QUESTION, answer_field
 
 log = logging.getLogger(__name__)
 
