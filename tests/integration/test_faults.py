@@ -111,9 +111,13 @@ def test_broker_killed_and_restarted_the_services_resume(tmp_path: Path) -> None
                            RLHF_CAPTURE__PUBLISH_TIMEOUT_S="3",
                            RLHF_KAFKA__SESSION_TIMEOUT_MS=str(FAST_GROUP["session_timeout_ms"]),
                            RLHF_KAFKA__HEARTBEAT_INTERVAL_MS=str(FAST_GROUP["heartbeat_interval_ms"]),
-                           RLHF_SAMPLER__RULES='[{"name": "all", "strategy": "uniform", "rate": 1.0}]')
+                           RLHF_SAMPLER__RULES='[{"name": "all", "strategy": "uniform", "rate": 1.0}]',
+                           # the outage's retries back off to 10 s by default; on a loaded 2-core machine the
+                           # rejoin after that could outlast the wait below (seen twice in full runs)
+                           RLHF_CONSUMER__BACKOFF_MAX_S="2")
+    logs = {name: tmp_path / f"{name}.log" for name in ("capture", "sampler")}
     services = {name: subprocess.Popen([*CLI, "run", name], env={**env, "RLHF_HTTP__PORT": str(base + i)},
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                       stdout=logs[name].open("w"), stderr=subprocess.STDOUT, text=True)
                 for i, name in enumerate(["capture", "sampler"])}
     try:
         assert wait_for(lambda: healthy(base) and healthy(base + 1), timeout_s=60)
@@ -146,7 +150,8 @@ def test_broker_killed_and_restarted_the_services_resume(tmp_path: Path) -> None
             seen.update(RankingTask.model_validate_json(r.value).output_id for r in records)
             return after <= seen
 
-        assert wait_for(resumed, timeout_s=60), "the sampler did not resume after the broker came back"
+        assert wait_for(resumed, timeout_s=120), \
+            f"the sampler did not resume after the broker came back:\n{logs['sampler'].read_text()[-4000:]}"
         # A 503 promises nothing was acknowledged, not that nothing arrives: the producer may
         # still deliver "fault-100" (and repeats of "fault-200") once the broker is back,
         # under the same ids, so downstream sees one task per output all the same.
@@ -155,10 +160,11 @@ def test_broker_killed_and_restarted_the_services_resume(tmp_path: Path) -> None
     finally:
         for process in services.values():
             process.send_signal(signal.SIGTERM)
-        outputs = {name: process.communicate(timeout=60)[0] for name, process in services.items()}
+        for process in services.values():
+            process.wait(timeout=60)
         broker.stop()
     for name, process in services.items():
-        assert process.returncode == 0, outputs[name][-3000:]
+        assert process.returncode == 0, logs[name].read_text()[-3000:]
 
 
 def test_trainer_killed_mid_consumption_stores_each_preference_once(tmp_path: Path) -> None:
