@@ -51,7 +51,7 @@ from typing import Any, Protocol
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -67,6 +67,9 @@ from .producer import EventProducer
 from .rebalance import LoopRebalanceListener, rebalance_requested
 
 log = logging.getLogger(__name__)
+
+# How long a commit waits for what the batch produced to be acknowledged (see _commit).
+FLUSH_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -388,10 +391,16 @@ class ConsumerLoop:
         at the latest when its partition is revoked."""
         if not offsets and not self._uncommitted:
             return True
-        # What handlers produced must be stored before their inputs count as done.
-        self._producer.flush()
+        # What handlers produced must be stored before their inputs count as done. The wait
+        # is bounded: with the broker gone, the producer would hold this poll loop for its
+        # whole delivery timeout (120 s) before giving up; what is not acknowledged within
+        # FLUSH_TIMEOUT_S counts as not stored, and the batch is redelivered (same ids).
+        try:
+            self._producer.flush(timeout_s=FLUSH_TIMEOUT_S)
+        except KafkaTimeoutError:
+            pass
         pending, self._pending = self._pending, []
-        failed = [f for f in pending if f.failed()]
+        failed = [f for f in pending if not f.is_done or f.failed()]
         if failed:
             self._metrics.commits.labels(self.group_id, "failed").inc()
             self._dependency_failures += 1
