@@ -70,7 +70,6 @@ class ConsumerDecl:
     tick_interval_s: float = 1.0
     sink: BatchSink | None = None
     dead_letters: str | None = None
-    loop: ConsumerLoop | None = field(default=None, repr=False)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -284,7 +283,6 @@ class App:
                             consumer=settings.consumer, producer=self.producer, metrics=self.bus_metrics, stop=stop,
                             ticker=decl.ticker, tick_interval_s=decl.tick_interval_s, sink=decl.sink,
                             dead_letters=decl.dead_letters)
-        decl.loop = loop
         self._stack.callback(loop.close)
         stall_limit_s = settings.kafka.max_poll_interval_ms / 1000
         self.liveness[f"consumer:{decl.group_id}"] = lambda: time.monotonic() - loop.last_poll_monotonic < stall_limit_s
