@@ -91,6 +91,13 @@ class RegistryReader:
         seq_range = (self.manifest(kind, version).get("preferences") or {}).get("seq_range")
         return int(seq_range[1]) if seq_range else 0
 
+    def canary_decision(self, kind: Kind, version: str) -> dict[str, Any] | None:
+        """The canary judge's decision on `version` (CanaryDecision as JSON: outcome
+        graduate/rollback/keep, reason, the counts and the test's numbers), written
+        into its manifest when the judge decided; None while undecided."""
+        decision = self.manifest(kind, version).get("canary_decision")
+        return dict(decision) if isinstance(decision, dict) else None
+
     def rolled_back(self, kind: Kind) -> list[str]:
         file = self.root / kind / "rolled_back.json"
         return list(json.loads(file.read_text()).get("versions", [])) if file.is_file() else []

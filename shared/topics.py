@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.contracts import (
+    CanaryComparison,
     Event,
     ModelOutput,
     ModelUpdate,
@@ -33,6 +34,7 @@ RANKINGS = Topic("rlhf.rankings", RankingResult)
 PREFERENCES = Topic("rlhf.preferences", Preference)
 TRAINING_RUNS = Topic("rlhf.training-runs", TrainingRunStatus, partitions=1)
 MODEL_UPDATES = Topic("rlhf.model-updates", ModelUpdate, partitions=1)
+COMPARISONS = Topic("rlhf.comparisons", CanaryComparison)
 
 LOOP_TOPICS: tuple[Topic, ...] = (
     OUTPUTS,
@@ -41,6 +43,7 @@ LOOP_TOPICS: tuple[Topic, ...] = (
     PREFERENCES,
     TRAINING_RUNS,
     MODEL_UPDATES,
+    COMPARISONS,
 )
 
 DEAD_LETTER_PREFIX = "rlhf.dlq."

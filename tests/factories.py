@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from shared.contracts import (
+    ABPair,
     AnnotatorRanking,
+    CanaryComparison,
     Candidate,
     CandidateRank,
     ChatMessage,
@@ -15,6 +19,7 @@ from shared.contracts import (
     RankingTask,
     SamplingDecision,
     TrainingRunStatus,
+    comparison_id_for,
     model_update_id_for,
     output_id_for,
     preference_id_for,
@@ -81,3 +86,27 @@ def training_status(run_id: str = "run-1", state: str = "started") -> TrainingRu
 def model_update(version: str = "policy-v2") -> ModelUpdate:
     return ModelUpdate(event_id=model_update_id_for(version, "published"), model_version=version,
                        action="published", base_model="tiny-llama", adapter_uri=f"file:///registry/{version}")
+
+
+def ab_output(request_id: str = "ab-1", canary: str = "policy-v0002", stable: str = "policy-v0001") -> ModelOutput:
+    """A captured A/B comparison: one answer from the canary, one from the stable version."""
+    output_id = output_id_for(request_id)
+    candidates = [Candidate(candidate_id="choice-0", text="the canary's answer", model=ModelRef(name="m", version=canary)),
+                  Candidate(candidate_id="ab-1", text="the stable answer", model=ModelRef(name="m", version=stable))]
+    return ModelOutput(event_id=output_id, output_id=output_id, conversation=[ChatMessage(role="user", content="hi")],
+                       candidates=candidates, client_request_id=request_id, source="policy_server",
+                       ab=ABPair(canary_version=canary, stable_version=stable, canary_candidate_id="choice-0",
+                                 stable_candidate_id="ab-1"))
+
+
+def canary_comparison(task_id: str = "task-ab-1", outcome: str = "canary", canary: str = "policy-v0002",
+                      stable: str = "policy-v0001", revision: str = "r1",
+                      judged_at: datetime | None = None) -> CanaryComparison:
+    ranking_id = ranking_id_for(task_id, revision)
+    comparison_id = comparison_id_for(ranking_id)
+    votes = {"canary_votes": int(outcome == "canary"), "stable_votes": int(outcome == "stable"),
+             "tie_votes": int(outcome == "tie")}
+    return CanaryComparison(event_id=comparison_id, comparison_id=comparison_id, ranking_id=ranking_id,
+                            task_id=task_id, output_id=f"out-{task_id}", canary_version=canary,
+                            stable_version=stable, outcome=outcome, guideline_version="comparison-v1",  # type: ignore[arg-type]
+                            judged_at=judged_at or datetime.now(timezone.utc), **votes)

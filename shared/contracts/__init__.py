@@ -1,16 +1,30 @@
 """Event contracts: one frozen pydantic model per topic of the loop."""
 
 from .base import Contract, Event, utc_now
+from .comparisons import ABPair, CanaryComparison, ComparisonOutcome, comparison_id_for
 from .conversation import Candidate, ChatMessage, FeedbackKind, ModelRef, UserFeedback
 from .ids import derived_id, random_id
-from .model_updates import ModelUpdate, model_update_id_for
+from .model_updates import CanaryDecision, ModelUpdate, model_update_id_for
 from .outputs import ModelOutput, output_id_for
-from .preferences import Preference, pair_key_for, preference_id_for
+from .preferences import (
+    Preference,
+    PreferenceSource,
+    feedback_preference_id_for,
+    pair_key_for,
+    preference_id_for,
+)
 from .rankings import AnnotatorRanking, CandidateRank, RankingResult, ranking_id_for
 from .tasks import RankingTask, SamplingDecision, task_id_for
 from .training import TrainingRunStatus, run_event_id_for
 
 __all__ = [
+    "ABPair",
+    "CanaryComparison",
+    "CanaryDecision",
+    "ComparisonOutcome",
+    "PreferenceSource",
+    "comparison_id_for",
+    "feedback_preference_id_for",
     "AnnotatorRanking",
     "Candidate",
     "CandidateRank",

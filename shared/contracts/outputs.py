@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
 from .base import Event, utc_now
+from .comparisons import ABPair
 from .conversation import Candidate, ChatMessage, UserFeedback
 from .ids import derived_id
 
@@ -24,7 +25,12 @@ class ModelOutput(Event):
     """A conversation and 1..N candidate answers to its last turn.
 
     `event_id` equals `output_id`: an output is captured once, so its event *is* it.
+
+    Schema 2 added `ab` (optional): the output is an A/B comparison of a canary
+    against the stable version, one candidate each (see contracts/comparisons.py).
     """
+
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     output_id: str = Field(min_length=1, max_length=128)
     conversation_id: str | None = Field(default=None, max_length=200)
@@ -37,6 +43,7 @@ class ModelOutput(Event):
     client_request_id: str | None = Field(default=None, max_length=200)
     source: OutputSource = "api"
     captured_at: AwareDatetime = Field(default_factory=utc_now)
+    ab: ABPair | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelOutput":
@@ -48,6 +55,8 @@ class ModelOutput(Event):
         unknown = {f.candidate_id for f in self.feedback if f.candidate_id} - set(ids)
         if unknown:
             raise ValueError(f"feedback: unknown candidate_id {sorted(unknown)}")
+        if self.ab is not None:
+            self.ab.check_candidates(ids)
         return self
 
     @property

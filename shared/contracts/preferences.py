@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
 from .base import Event
 from .conversation import Candidate, ChatMessage
 from .ids import derived_id
+
+
+PreferenceSource = Literal["ranking", "comparison", "edit", "regenerate"]
+
+
+def feedback_preference_id_for(output_id: str, source: str, chosen_id: str, rejected_id: str) -> str:
+    """A preference read from a user's own feedback (an edit, a regenerate) on one
+    output: the same output redelivered yields the same id, so it counts once."""
+    return derived_id("feedback-preference", output_id, source, chosen_id, rejected_id)
 
 
 def pair_key_for(task_id: str, chosen_id: str, rejected_id: str) -> str:
@@ -40,9 +49,15 @@ class Preference(Event):
     ranking this pair comes from reached its current state in Argilla. Consumers order
     the revisions of one task by it: a newer revision supersedes an older one, and an
     older one arriving late (a redelivery) is ignored.
+
+    Schema 3 added `source` and `weight` (defaults keep older payloads readable):
+    where the pair came from (a ranking task, a blind canary comparison, a user's
+    edit, a user's regenerate) and how much the reward model should trust it
+    relative to an annotator's ranking (1.0). Pairs from user feedback have no
+    annotator: their `ranking_id` and `task_id` are derived from the output.
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     preference_id: str = Field(min_length=1, max_length=128)
     ranking_id: str = Field(min_length=1, max_length=128)
@@ -56,6 +71,8 @@ class Preference(Event):
     agreement: float = Field(default=1.0, ge=0.0, le=1.0)
     annotator_count: int = Field(default=1, ge=1)
     guideline_version: str = Field(min_length=1, max_length=64)
+    source: PreferenceSource = "ranking"
+    weight: float = Field(default=1.0, gt=0.0, le=100.0)
     revision_at: AwareDatetime | None = Field(
         default=None, description="when the ranking revision was last changed (latest update of the record or "
                                   "any of its responses); None from schema-1 producers")

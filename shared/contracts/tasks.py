@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, model_validator
 
 from .base import Contract, Event
+from .comparisons import ABPair
 from .conversation import Candidate, ChatMessage
 from .ids import derived_id
 
@@ -26,7 +29,14 @@ class SamplingDecision(Contract):
 
 
 class RankingTask(Event):
-    """A prompt and 2..5 candidate answers for annotators to rank."""
+    """A prompt and 2..5 candidate answers for annotators to rank.
+
+    Schema 2 added `ab` (optional): a blind A/B comparison task (exactly the two
+    candidates of a canary and the stable version, in random order), pushed to the
+    comparison dataset instead of a ranking one.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     task_id: str = Field(min_length=1, max_length=128)
     output_id: str = Field(min_length=1, max_length=128)
@@ -36,6 +46,7 @@ class RankingTask(Event):
     sampling: SamplingDecision
     app: str | None = Field(default=None, max_length=100)
     tags: list[str] = Field(default_factory=list, max_length=50)
+    ab: ABPair | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "RankingTask":
@@ -44,6 +55,8 @@ class RankingTask(Event):
         ids = [c.candidate_id for c in self.candidates]
         if len(set(ids)) != len(ids):
             raise ValueError("candidates: candidate_id values must be unique")
+        if self.ab is not None:
+            self.ab.check_candidates(ids)
         return self
 
     @property

@@ -6,6 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from shared.contracts import (
+    ABPair,
+    CanaryComparison,
+    CanaryDecision,
     Event,
     ModelOutput,
     ModelUpdate,
@@ -33,6 +36,8 @@ def all_events() -> list[Event]:
         factories.preference(result, task),
         factories.training_status(),
         factories.model_update(),
+        factories.ab_output(),
+        factories.canary_comparison(),
     ]
 
 
@@ -49,7 +54,8 @@ def test_every_event_round_trips_through_json(event: Event) -> None:
 def test_every_topic_has_a_contract_and_unique_name() -> None:
     names = [t.name for t in LOOP_TOPICS]
     assert len(set(names)) == len(names)
-    expected = {ModelOutput, RankingTask, RankingResult, Preference, TrainingRunStatus, ModelUpdate}
+    expected = {ModelOutput, RankingTask, RankingResult, Preference, TrainingRunStatus, ModelUpdate,
+                CanaryComparison}
     assert {t.contract for t in LOOP_TOPICS} == expected
     assert by_name("rlhf.preferences").contract is Preference
     assert dead_letter_topic("sampler") == "rlhf.dlq.sampler"
@@ -176,3 +182,42 @@ def test_model_update_canary_fraction_bounded() -> None:
 def test_terminal_training_states() -> None:
     assert factories.training_status(state="failed").is_terminal
     assert not factories.training_status(state="started").is_terminal
+
+
+def test_an_ab_output_names_exactly_its_two_candidates() -> None:
+    output = factories.ab_output()
+    payload = output.model_dump()
+    payload["ab"]["stable_candidate_id"] = "no-such-candidate"
+    with pytest.raises(ValidationError, match="ab: an A/B comparison has exactly the candidates"):
+        ModelOutput.model_validate(payload)
+    with pytest.raises(ValidationError, match="stable_version: must differ"):
+        ABPair(canary_version="policy-v0002", stable_version="policy-v0002", canary_candidate_id="a",
+               stable_candidate_id="b")
+
+
+def test_older_payloads_still_read_with_the_new_fields_defaulted() -> None:
+    """Schema 2 preferences (no source, no weight) and schema 1 model updates come from
+    producers deployed before this release: they read as annotator rankings of weight 1."""
+    task = factories.ranking_task(factories.model_output(n=2))
+    pref = factories.preference(factories.ranking_result(task), task)
+    old = json.loads(pref.to_json_bytes())
+    old["schema_version"] = 2
+    del old["source"], old["weight"]
+    again = Preference.model_validate(old)
+    assert (again.source, again.weight) == ("ranking", 1.0)
+    update = json.loads(factories.model_update().to_json_bytes())
+    update["schema_version"] = 1
+    del update["decision"]
+    assert ModelUpdate.model_validate(update).decision is None
+
+
+def test_a_comparison_needs_a_vote_and_a_decision_flattens_to_numbers() -> None:
+    payload = factories.canary_comparison().model_dump()
+    payload.update(canary_votes=0, stable_votes=0, tie_votes=0)
+    with pytest.raises(ValidationError, match="at least one vote"):
+        CanaryComparison.model_validate(payload)
+    decision = CanaryDecision(outcome="graduate", reason="evidence", canary_version="policy-v0002",
+                              stable_version="base", wins=9, losses=2, ties=1, log_likelihood_ratio=3.1,
+                              graduate_at=2.94, rollback_at=-2.94, posterior_win_rate=0.75, prob_not_worse=0.99,
+                              canary_age_s=120.0)
+    assert decision.numbers()["ab_wins"] == 9.0 and decision.numbers()["ab_llr"] == 3.1
