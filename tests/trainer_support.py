@@ -12,7 +12,7 @@ import pytest
 
 from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, Preference, output_id_for, preference_id_for
 from shared.settings import KafkaSettings
-from shared.topics import MODEL_UPDATES, OUTPUTS, PREFERENCES, TRAINING_RUNS, Topic
+from shared.topics import COMPARISONS, MODEL_UPDATES, OUTPUTS, PREFERENCES, TRAINING_RUNS, Topic
 
 MODEL = ModelRef(name="tiny-llama", version="v0")
 
@@ -27,7 +27,7 @@ LENIENT_GATES: dict[str, Any] = {"min_rm_accuracy": 0.0, "min_win_rate": 0.0, "m
 
 # What the trainer reads and writes: the loop's topics themselves (shared/topics.py).
 TRAINER_TOPICS: dict[str, Topic] = {"preferences": PREFERENCES, "outputs": OUTPUTS, "runs": TRAINING_RUNS,
-                                    "updates": MODEL_UPDATES}
+                                    "updates": MODEL_UPDATES, "comparisons": COMPARISONS}
 
 
 @pytest.fixture(name="kafka")

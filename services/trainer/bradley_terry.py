@@ -11,23 +11,29 @@ features. Deterministic: zero start, full-batch steps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
-def fit_head(chosen: Any, rejected: Any, *, l2: float = 0.01, steps: int = 300, learning_rate: float = 0.05) -> Any:
-    """Head vector (hidden_size,) for `chosen[i]` preferred over `rejected[i]`."""
+def fit_head(chosen: Any, rejected: Any, *, l2: float = 0.01, steps: int = 300, learning_rate: float = 0.05,
+             weights: Sequence[float] | None = None) -> Any:
+    """Head vector (hidden_size,) for `chosen[i]` preferred over `rejected[i]`.
+    `weights`: each pair's share of the loss (a user's edit may count less than an
+    annotator's ranking); None weighs every pair alike."""
     import torch
 
     diffs = (chosen - rejected).float()
     if len(diffs) == 0:
         return torch.zeros(chosen.shape[1])
+    w_pairs = torch.ones(len(diffs)) if weights is None else torch.tensor(list(weights), dtype=torch.float32)
+    w_pairs = w_pairs / w_pairs.mean()
     scale = diffs.std(0, unbiased=False) + 1e-6 if len(diffs) > 1 else diffs.abs().mean(0) + 1e-6
     x = diffs / scale
     w = torch.zeros(x.shape[1], requires_grad=True)
     optimiser = torch.optim.Adam([w], lr=learning_rate)
     for _ in range(steps):
         optimiser.zero_grad()
-        loss = torch.nn.functional.softplus(-(x @ w)).mean() + l2 * (w * w).sum()
+        loss = (w_pairs * torch.nn.functional.softplus(-(x @ w))).mean() + l2 * (w * w).sum()
         loss.backward()
         optimiser.step()
     return (w.detach() / scale).float()

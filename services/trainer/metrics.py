@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 RUN_OUTCOMES = ("succeeded", "gated", "failed")
+PREFERENCE_SOURCES = ("ranking", "comparison", "edit", "regenerate")
 STAGE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 
@@ -42,6 +43,32 @@ class TrainerMetrics:
         self.promotions_reannounced = Counter(
             "rlhf_trainer_promotions_reannounced_total",
             "`promoted` events sent again because the topic never showed the promotion's own.", registry=registry)
+        self.preferences_by_source = Counter(
+            "rlhf_trainer_preferences_by_source_total", "New preferences stored, by where they came from (ranking,"
+            " comparison, edit, regenerate).", ["source"], registry=registry)
+        for source in PREFERENCE_SOURCES:
+            self.preferences_by_source.labels(source)
+        # the canary judge (canary.py): the live canary's blind A/B evidence and the decisions taken
+        self.canary_live = Gauge("rlhf_canary_live", "1 while a canary is being judged by blind comparisons.",
+                                 registry=registry)
+        self.canary_comparisons = Gauge("rlhf_canary_ab_comparisons", "The live canary's judged comparisons by"
+                                        " outcome for the canary (win, loss, tie).", ["outcome"], registry=registry)
+        for outcome in ("win", "loss", "tie"):
+            self.canary_comparisons.labels(outcome)
+        self.canary_llr = Gauge("rlhf_canary_ab_log_likelihood_ratio", "The sequential test's statistic for the live"
+                                " canary (graduates at or above the upper bound, rolls back at or below the lower).",
+                                registry=registry)
+        self.canary_posterior_win_rate = Gauge("rlhf_canary_ab_posterior_win_rate", "Beta(1,1) posterior mean of the"
+                                               " live canary's win rate (ties half).", registry=registry)
+        self.canary_prob_not_worse = Gauge("rlhf_canary_ab_prob_not_worse", "Posterior P(win rate > 0.5 - margin)"
+                                           " of the live canary.", registry=registry)
+        self.canary_age = Gauge("rlhf_canary_age_seconds", "How long the live canary has served.", registry=registry)
+        self.canary_decisions = Counter("rlhf_canary_decisions_total", "Canary decisions by outcome (graduate,"
+                                        " rollback, keep) and reason (evidence, timeout).", ["outcome", "reason"],
+                                        registry=registry)
+        for outcome in ("graduate", "rollback", "keep"):
+            for reason in ("evidence", "timeout"):
+                self.canary_decisions.labels(outcome, reason)
         self.version = Gauge("rlhf_trainer_model_version_info", "Current model versions (value is always 1).",
                              ["kind", "pointer", "version"], registry=registry)
 

@@ -95,6 +95,13 @@ class ModelRegistry(RegistryReader):
                 (self.root / kind / "promoted.json").unlink(missing_ok=True)
         return self.pointer(kind, "promoted")
 
+    def record_decision(self, kind: Kind, version: str, decision: dict[str, Any]) -> None:
+        """Write the canary judge's decision into the version's manifest (replaced
+        atomically: a reader sees the old manifest or the new one, never none, so the
+        version stays complete). Readers: RegistryReader.canary_decision."""
+        manifest = self.manifest(kind, version)
+        write_json_atomic(self.path(kind, version) / MANIFEST, {**manifest, "canary_decision": decision})
+
     def next_version(self, kind: Kind) -> str:
         numbers = [int(v.rsplit("-v", 1)[1]) for v in self.versions(kind)]
         return f"{PREFIX[kind]}-v{(max(numbers) + 1 if numbers else 1):04d}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.contracts import Event, ModelUpdate, TrainingRunStatus, model_update_id_for, run_event_id_for
+from shared.contracts import CanaryDecision, Event, ModelUpdate, TrainingRunStatus, model_update_id_for, run_event_id_for
 from shared.topics import MODEL_UPDATES, TRAINING_RUNS
 
 from .store import PreferenceStore
@@ -33,11 +33,12 @@ class RunReporter:
 
     def model_update(self, *, model_version: str, action: str, run_id: str, base_model: str, adapter_uri: str,
                      reward_model_version: str | None, previous_version: str | None, gate_passed: bool,
-                     gate_reasons: list[str], metrics: dict[str, float], canary_fraction: float = 1.0) -> None:
+                     gate_reasons: list[str], metrics: dict[str, float], canary_fraction: float = 1.0,
+                     decision: CanaryDecision | None = None) -> None:
         event = ModelUpdate(
             event_id=model_update_id_for(model_version, action), model_version=model_version,
             action=action, run_id=run_id, base_model=base_model, adapter_uri=adapter_uri,  # type: ignore[arg-type]
             reward_model_version=reward_model_version, previous_version=previous_version, gate_passed=gate_passed,
-            gate_reasons=gate_reasons[:50], canary_fraction=canary_fraction, metrics=metrics,
+            gate_reasons=gate_reasons[:50], canary_fraction=canary_fraction, metrics=metrics, decision=decision,
         )
         self.publish(MODEL_UPDATES.name, event)

@@ -112,7 +112,7 @@ def train_head(backbone: RewardModel, prefs: Sequence[PreferenceRow], config: Re
     ranks = ranks or Ranks.single()
     started = time.perf_counter()
     chosen, rejected = preference_features(backbone, prefs, cache, ranks)
-    head = fit_head(chosen, rejected, l2=config.l2)
+    head = fit_head(chosen, rejected, l2=config.l2, weights=[p.weight for p in prefs])
     if ranks.is_main:
         backbone.save_head(config.output_dir, head)
     else:

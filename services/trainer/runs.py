@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.contracts import random_id
+from shared.contracts import CanaryDecision, random_id
 
 from .executor import Executor, JobHandle, JobSpec
 from .metrics import TrainerMetrics
@@ -142,10 +142,12 @@ class RunCoordinator:
         if self.on_finished:
             self.on_finished(run_id, outcome)
 
-    def rollback(self, version: str | None, reason: str) -> tuple[str, str | None]:
-        """An operator's rollback: `version` (default: the promoted one) is marked rolled
-        back, the promoted pointer returns to its last good version, and `rolled_back`
-        tells every policy server. Returns (rolled back, now promoted)."""
+    def rollback(self, version: str | None, reason: str,
+                 decision: CanaryDecision | None = None) -> tuple[str, str | None]:
+        """An operator's (or the canary judge's, with its `decision`) rollback: `version`
+        (default: the promoted one) is marked rolled back, the promoted pointer returns
+        to its last good version, and `rolled_back` tells every policy server. Returns
+        (rolled back, now promoted)."""
         with self._guard:
             version = version or self.registry.pointer("policy", "promoted")
             if not version or version not in self.registry.versions("policy"):
@@ -158,7 +160,7 @@ class RunCoordinator:
                 adapter_uri=self.registry.path("policy", version).resolve().as_uri(),
                 reward_model_version=manifest.get("reward_model_version"), previous_version=target,
                 gate_passed=bool(manifest.get("gate", {}).get("passed", False)), gate_reasons=[reason[:500]],
-                metrics={})
+                metrics=decision.numbers() if decision else {}, decision=decision)
             self.refresh_gauges()
             log.warning("policy %s rolled back (%s); promoted is now %s", version, reason, target or "the base")
             return version, target

@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from shared.settings import ServiceSettings
 
+from .sequential import SequentialTestOptions
+
 
 class Hyperparameters(BaseModel):
     """What a run trains with; copied into every manifest."""
@@ -79,6 +81,19 @@ class GateThresholds(BaseModel):
     min_win_rate: float = Field(default=0.55, ge=0, le=1.01, description="effect size: wins + ties/2 over prompts")
     max_kl: float = Field(default=10.0, ge=0, description="mean sequence KL to the reference")
     max_degenerate_rate: float = Field(default=0.2, ge=0, le=1)
+
+
+class CanaryJudgeOptions(SequentialTestOptions):
+    """Env: RLHF_TRAINER__CANARY_JUDGE__MARGIN=0.1, ..._MAX_DURATION_S=21600, ..."""
+
+    enabled: bool = Field(default=True, description="off: canaries graduate only by the policy servers' own timer"
+                          " (RLHF_POLICY_SERVER__CANARY_GRADUATE_AFTER_S)")
+    max_duration_s: float = Field(default=6 * 3600.0, gt=0, description="a canary undecided this long gets"
+                                  " `on_timeout`")
+    on_timeout: Literal["graduate", "keep", "rollback"] = Field(
+        default="graduate", description="what an undecided canary gets at max_duration_s (no annotator judged"
+        " enough pairs): graduate (the old timer's behaviour), keep serving it as a canary, or roll it back")
+    check_interval_s: float = Field(default=5.0, gt=0, description="how often the judge looks (and re-sends)")
 
 
 class TrainerOptions(BaseModel):
@@ -147,6 +162,7 @@ class TrainerOptions(BaseModel):
 
     hyper: Hyperparameters = Hyperparameters()
     gates: GateThresholds = GateThresholds()
+    canary_judge: CanaryJudgeOptions = CanaryJudgeOptions()
 
     @model_validator(mode="after")
     def _nodes_need_kubernetes(self) -> "TrainerOptions":

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS preferences (
     chosen TEXT NOT NULL, rejected TEXT NOT NULL,
     margin REAL NOT NULL, agreement REAL NOT NULL, annotator_count INTEGER NOT NULL,
     guideline_version TEXT NOT NULL, created_at TEXT NOT NULL, stored_at REAL NOT NULL,
-    pair_key TEXT, revision_at REAL, superseded_by TEXT
+    pair_key TEXT, revision_at REAL, superseded_by TEXT,
+    source TEXT NOT NULL DEFAULT 'ranking', weight REAL NOT NULL DEFAULT 1.0
 );
 CREATE TABLE IF NOT EXISTS task_revisions (
     task_id TEXT PRIMARY KEY, ranking_id TEXT NOT NULL, revision_at REAL NOT NULL
@@ -79,6 +80,9 @@ CREATE TABLE IF NOT EXISTS run_lock (
 
 # Columns added to `preferences` after its first release (see _upgrade).
 REVISION_COLUMNS = {"pair_key": "TEXT", "revision_at": "REAL", "superseded_by": "TEXT"}
+# Added with preference schema 3: where a pair came from and its weight in the reward
+# model's loss (rows stored before read as annotator rankings of weight 1).
+ORIGIN_COLUMNS = {"source": "TEXT NOT NULL DEFAULT 'ranking'", "weight": "REAL NOT NULL DEFAULT 1.0"}
 LIVE = "superseded_by IS NULL"
 
 # What storing a preference did: only "new" counts toward the training trigger.
@@ -116,6 +120,15 @@ class PreferenceRow:
     margin: float
     guideline_version: str
     created_at: str
+    source: str = "ranking"
+    weight: float = 1.0
+
+    @classmethod
+    def of(cls, r: sqlite3.Row) -> "PreferenceRow":
+        return cls(seq=r["seq"], preference_id=r["preference_id"], prompt=json.loads(r["prompt_json"]),
+                   prompt_hash=r["prompt_hash"], chosen=r["chosen"], rejected=r["rejected"], margin=r["margin"],
+                   guideline_version=r["guideline_version"], created_at=r["created_at"], source=r["source"],
+                   weight=r["weight"])
 
 
 @dataclass(frozen=True)
@@ -236,6 +249,9 @@ class PreferenceStore:
                 newest = ("(SELECT q.ranking_id FROM preferences q WHERE q.task_id = preferences.task_id"
                           " ORDER BY q.seq DESC LIMIT 1)")
                 conn.execute(f"UPDATE preferences SET superseded_by = {newest} WHERE ranking_id != {newest}")
+            for name, declaration in ORIGIN_COLUMNS.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE preferences ADD COLUMN {name} {declaration}")
             conn.execute("CREATE INDEX IF NOT EXISTS preferences_by_pair ON preferences (task_id, pair_key)")
 
     def close(self) -> None:
@@ -301,12 +317,12 @@ class PreferenceStore:
             conn.execute(
                 "INSERT INTO preferences (preference_id, ranking_id, task_id, output_id,"
                 " prompt_json, prompt_hash, chosen, rejected, margin, agreement, annotator_count,"
-                " guideline_version, created_at, stored_at, pair_key, revision_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " guideline_version, created_at, stored_at, pair_key, revision_at, source, weight)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (pref.preference_id, pref.ranking_id, pref.task_id, pref.output_id,
                  json.dumps(prompt), prompt_hash(prompt), pref.chosen.text, pref.rejected.text,
                  pref.margin, pref.agreement, pref.annotator_count, pref.guideline_version,
-                 pref.created_at.isoformat(), time.time(), pref.pair_key, at),
+                 pref.created_at.isoformat(), time.time(), pref.pair_key, at, pref.source, pref.weight),
             )
             return NEW
 
@@ -363,10 +379,7 @@ class PreferenceStore:
         with self._lock:
             rows = self._conn.execute(f"SELECT * FROM preferences WHERE seq <= ? AND {LIVE} ORDER BY seq",
                                       (watermark,)).fetchall()
-        return [PreferenceRow(seq=r["seq"], preference_id=r["preference_id"], prompt=json.loads(r["prompt_json"]),
-                              prompt_hash=r["prompt_hash"], chosen=r["chosen"], rejected=r["rejected"],
-                              margin=r["margin"], guideline_version=r["guideline_version"],
-                              created_at=r["created_at"]) for r in rows]
+        return [PreferenceRow.of(r) for r in rows]
 
     def window_start(self, watermark: int, run_id: str = "") -> int:
         """The watermark of the newest finished run below `watermark` (not `run_id`
@@ -437,10 +450,7 @@ class PreferenceStore:
             part = seqs[at:at + chunk]
             for r in self._conn.execute(f"SELECT * FROM preferences WHERE seq IN ({','.join('?' * len(part))})",
                                         part):
-                found[r["seq"]] = PreferenceRow(
-                    seq=r["seq"], preference_id=r["preference_id"], prompt=json.loads(r["prompt_json"]),
-                    prompt_hash=r["prompt_hash"], chosen=r["chosen"], rejected=r["rejected"], margin=r["margin"],
-                    guideline_version=r["guideline_version"], created_at=r["created_at"])
+                found[r["seq"]] = PreferenceRow.of(r)
         return found
 
     def prompts(self, limit: int = 10_000) -> list[tuple[str, list[dict[str, str]]]]:
