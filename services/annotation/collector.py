@@ -1,4 +1,5 @@
-"""Collects completed records into `rlhf.rankings` and `rlhf.preferences`.
+"""Collects completed records into `rlhf.rankings` and `rlhf.preferences`, and the
+blind canary comparisons also into `rlhf.comparisons`.
 
 Each poll, per ranking dataset: read completed records updated since the watermark
 (minus an overlap), skip those already published at the same revision, publish one
@@ -20,6 +21,13 @@ never sees an edit of a record behind it. Two ways catch it instead:
   last rescan, every completed record updated within `rescan_window_s` is read again.
 A changed ranking is a new revision (new ids, `revision_at` = the edit's time, which
 the trainer's store lets supersede the old pairs); an unchanged one is skipped.
+
+The comparison dataset is polled the same way. Its records carry no task (they must
+not name the versions), so the task is read back from the state by the record's
+external id (the pusher stored it there before the push). Each new revision of a
+comparison record yields its RankingResult, its preference (source "comparison";
+none for a tie) and one CanaryComparison (comparisons.py), all acknowledged by the
+broker before the revision is marked published.
 """
 
 from __future__ import annotations
@@ -36,13 +44,16 @@ from kafka.errors import KafkaError
 from kafka.producer.future import FutureRecordMetadata
 
 from shared.bus import DependencyUnavailable, EventProducer
-from shared.topics import PREFERENCES, RANKINGS, Topic
+from shared.contracts import RankingTask
+from shared.topics import COMPARISONS, PREFERENCES, RANKINGS, Topic
 
 from .argilla_api import ArgillaRest
-from .datasets import RankingDatasets
+from .comparisons import comparison_for
+from .datasets import COMPARISON, RankingDatasets
 from .metrics import AnnotationMetrics
 from .preferences import mean_pairwise_agreement, preferences_for
-from .rankings import collect, parse_time
+from .rankings import Collected, collect, parse_time
+from .records import task_from_json
 from .state import EPOCH, CollectorState
 
 log = logging.getLogger(__name__)
@@ -66,6 +77,7 @@ class Collector:
         page_size: int = 200,
         rankings_topic: Topic = RANKINGS,
         preferences_topic: Topic = PREFERENCES,
+        comparisons_topic: Topic = COMPARISONS,
         rescan_interval_s: float = RESCAN_INTERVAL_S,
         rescan_window_s: float = RESCAN_WINDOW_S,
     ) -> None:
@@ -79,6 +91,8 @@ class Collector:
         self._page_size = page_size
         self._rankings_topic = rankings_topic
         self._preferences_topic = preferences_topic
+        self._comparisons_topic = comparisons_topic
+        self._comparison_version = datasets.guidelines(COMPARISON)[1]
         self._lock = threading.Lock()  # scheduler and webhook paths never interleave
         self._rescan_interval = rescan_interval_s
         self._rescan_window = timedelta(seconds=rescan_window_s) if rescan_window_s > 0 else None
@@ -103,7 +117,7 @@ class Collector:
                 self._hints.add(normalised)
 
     def poll(self) -> int:
-        """One pass: the hinted records, then every ranking dataset's new records and,
+        """One pass: the hinted records, then every dataset's new records and,
         when due, its rescan; returns how many rankings it published. Raises
         DependencyUnavailable (Argilla) or KafkaError (broker): nothing is marked then
         (hints are kept), so the next poll does the same work again."""
@@ -177,13 +191,14 @@ class Collector:
         done: list[tuple[str, str]] = []
         futures: list[FutureRecordMetadata] = []
         rankings = 0
+        outcomes: list[str] = []  # counted once the broker has them
         seen: set[tuple[str, str]] = set()
         for record in records:
             if newest is not None:
                 # The walk returns every record in (updated_at, id) order, so the newest
                 # time it saw is a safe watermark: nothing at or before it was left behind.
                 newest = max(newest, parse_time(str(record.get("updated_at") or record["inserted_at"])))
-            collected = collect(record, self._version)
+            collected = self._collected(name, record)
             key = (collected.record_id, collected.revision)
             # a record updated during the walk comes again at its new place; the same
             # revision twice in one poll is published once
@@ -197,15 +212,24 @@ class Collector:
                 self._metrics.discarded.labels(collected.discarded or "unknown").inc()
                 log.warning("record %s discarded: %s", collected.record_id, collected.discarded)
                 continue
-            preferences = preferences_for(collected.result, collected.task, collected.revision_at)
+            comparison = self._is_comparison(name)  # and so the task is an A/B pair (_stored_comparison)
+            preferences = preferences_for(collected.result, collected.task, collected.revision_at,
+                                          source="comparison" if comparison else "ranking")
             futures.append(self._producer.send(self._rankings_topic, collected.result))
             futures.extend(self._producer.send(self._preferences_topic, p) for p in preferences)
+            if comparison:
+                verdict = comparison_for(collected.result, collected.task,
+                                         collected.revision_at or collected.result.completed_at)
+                futures.append(self._producer.send(self._comparisons_topic, verdict))
+                outcomes.append(verdict.outcome)
             rankings += 1
             self._count(collected.result.annotations, len(collected.task.candidates), len(preferences))
         if futures:
             self._producer.flush()
             for future in futures:
                 future.get(timeout=30)  # raises KafkaError if the broker did not take it
+        for outcome in outcomes:
+            self._metrics.comparisons.labels(outcome).inc()
         moved = newest is not None and watermark is not None and newest > watermark
         if done or moved:
             self._state.mark(name, done, newest if moved else None)
@@ -214,6 +238,19 @@ class Collector:
         if rankings:
             log.info("collected %d rankings from %s", rankings, name)
         return rankings
+
+    def _collected(self, name: str, record: dict[str, Any]) -> Collected:
+        """What a record yields; a comparison record's task comes from the state."""
+        if not self._is_comparison(name):
+            return collect(record, self._version)
+        return collect(record, self._comparison_version, task_lookup=self._stored_comparison)
+
+    def _is_comparison(self, name: str) -> bool:
+        return name == self._datasets.name(COMPARISON)
+
+    def _stored_comparison(self, task_id: str) -> RankingTask | None:
+        task = task_from_json(self._state.task(task_id))
+        return task if task is not None and task.ab is not None and task.task_id == task_id else None
 
     def _count(self, annotations: list, k: int, preference_count: int) -> None:  # type: ignore[type-arg]
         self._metrics.collected.inc()

@@ -28,12 +28,17 @@ class EmbeddedUi:
     url: str
     annotators: tuple[Login, ...]
     credentials_file: Path  # where a person finds the passwords
+    comparison_dataset: str | None = None  # the blind A/B dataset's name, judged first by the demo
 
 
-def publish_endpoint(directory: Path, url: str) -> Path:
-    """Tell `embedded_ui` readers where the UI is; returns the file (removed at stop)."""
+def publish_endpoint(directory: Path, url: str, comparison_dataset: str | None = None) -> Path:
+    """Tell `embedded_ui` readers where the UI is (and which dataset holds the canary
+    comparisons); returns the file (removed at stop)."""
     path = directory / ENDPOINT_FILE
-    path.write_text(json.dumps({"url": url}))
+    endpoint: dict[str, str] = {"url": url}
+    if comparison_dataset:
+        endpoint["comparison_dataset"] = comparison_dataset
+    path.write_text(json.dumps(endpoint))
     return path
 
 
@@ -45,4 +50,5 @@ def embedded_ui(directory: Path) -> EmbeddedUi | None:
         return None
     users = json.loads(credentials.read_text())
     annotators = tuple(Login(u["username"], u["password"]) for u in users if u["role"] == "annotator")
-    return EmbeddedUi(json.loads(endpoint.read_text())["url"], annotators, credentials)
+    published = json.loads(endpoint.read_text())
+    return EmbeddedUi(published["url"], annotators, credentials, published.get("comparison_dataset"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-DISCARD_REASONS = ("no_submitted_response", "malformed", "not_a_task")
+DISCARD_REASONS = ("no_submitted_response", "malformed", "not_a_task", "unknown_task")
+COMPARISON_OUTCOMES = ("canary", "stable", "tie")
 
 
 class AnnotationMetrics:
@@ -18,7 +19,8 @@ class AnnotationMetrics:
             "Completed records turned into a ranking.", registry=registry)
         self.discarded = Counter(
             "rlhf_annotation_records_discarded_total",
-            "Completed records that yielded nothing; reason: no_submitted_response, malformed, not_a_task.",
+            "Completed records that yielded nothing; reason: no_submitted_response, malformed, not_a_task, "
+            "unknown_task (a comparison record whose task is not in the collector's state).",
             ["reason"], registry=registry)
         self.malformed_responses = Counter(
             "rlhf_annotation_responses_malformed_total",
@@ -57,5 +59,11 @@ class AnnotationMetrics:
         self.watermark = Gauge(
             "rlhf_annotation_watermark_timestamp_seconds",
             "Record update time up to which completed records were collected.", registry=registry)
+        self.comparisons = Counter(
+            "rlhf_annotation_comparisons_total",
+            "Blind canary-vs-stable comparisons judged (one per record revision), by the annotators' "
+            "majority: canary, stable or tie.", ["outcome"], registry=registry)
         for reason in DISCARD_REASONS:  # at 0 from the start
             self.discarded.labels(reason)
+        for outcome in COMPARISON_OUTCOMES:
+            self.comparisons.labels(outcome)

@@ -27,6 +27,7 @@ from datetime import datetime
 from itertools import combinations
 
 from shared.contracts import AnnotatorRanking, Preference, RankingResult, RankingTask, preference_id_for
+from shared.contracts.preferences import PreferenceSource
 
 
 def borda_scores(annotations: Sequence[AnnotatorRanking]) -> dict[str, float]:
@@ -65,11 +66,13 @@ def mean_pairwise_agreement(annotations: Sequence[AnnotatorRanking]) -> float | 
     return same / total if total else None
 
 
-def preferences_for(result: RankingResult, task: RankingTask,
-                    revision_at: datetime | None = None) -> list[Preference]:
+def preferences_for(result: RankingResult, task: RankingTask, revision_at: datetime | None = None,
+                    source: PreferenceSource = "ranking") -> list[Preference]:
     """One preference per ordered pair of the aggregated ranking (see module doc).
     `revision_at`: when the ranking reached this revision (`rankings.Collected`);
-    defaults to the result's completion time."""
+    defaults to the result's completion time. `source`: "comparison" for a blind
+    canary A/B record (the same aggregation: for two answers the Borda winner is the
+    side with more annotator votes, so the pair agrees with the comparison's outcome)."""
     scores = borda_scores(result.annotations)
     candidates = {c.candidate_id: c for c in task.candidates}
     preferences = []
@@ -92,6 +95,7 @@ def preferences_for(result: RankingResult, task: RankingTask,
             agreement=agreement(result.annotations, chosen, rejected),
             annotator_count=len(result.annotations),
             guideline_version=result.guideline_version,
+            source=source,
             revision_at=revision_at or result.completed_at,
         ))
     return preferences

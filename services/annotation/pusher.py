@@ -1,8 +1,14 @@
-"""Pushes ranking tasks into Argilla, one record per task, idempotently."""
+"""Pushes ranking tasks into Argilla, one record per task, idempotently.
+
+A blind comparison task (`task.ab` set) goes to the comparison dataset as a record
+that names no version; its task is stored in the collector's state first (see
+state.py), so a record the collector finds always has its task there.
+"""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
@@ -14,9 +20,10 @@ from shared.bus import DependencyUnavailable, Outgoing, PoisonMessage
 from shared.contracts import RankingTask
 
 from .argilla_api import ArgillaRest, is_transient
-from .datasets import RankingDatasets
+from .datasets import COMPARISON, DatasetKey, RankingDatasets, key_for
 from .metrics import AnnotationMetrics
-from .records import task_to_record
+from .records import comparison_to_record, task_to_record
+from .state import CollectorState
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +60,19 @@ class Pusher:
 
     With `batched`, the handler only collects the batch's tasks and `flush` (the
     loop's BatchSink hook, called before the commit) writes them in one bulk request
-    per dataset."""
+    per dataset.
+
+    `task_store`: where comparison tasks are kept (the collector's state); without
+    one, a comparison task is refused (dead-lettered, replayable) rather than pushed
+    with no way back to its versions."""
 
     def __init__(self, datasets: RankingDatasets, rest: ArgillaRest, guideline_version: str,
                  metrics: AnnotationMetrics, *, batched: bool = False,
-                 suggest: Callable[[RankingTask], dict[str, Any] | None] | None = None) -> None:
+                 suggest: Callable[[RankingTask], dict[str, Any] | None] | None = None,
+                 task_store: CollectorState | None = None) -> None:
         self._datasets = datasets
         self._suggest = suggest
+        self._task_store = task_store
         self._rest = rest
         self._version = guideline_version
         self._metrics = metrics
@@ -68,12 +81,24 @@ class Pusher:
 
     def push(self, task: RankingTask) -> None:
         """Write one task now; PoisonMessage if Argilla will never take it."""
-        refused = self._write(len(task.candidates), [(task, None)])
+        refused = self._write(key_for(task), [(task, None)])
         if refused:
             raise PoisonMessage(refused[0][1])
 
     def _record(self, task: RankingTask) -> dict[str, Any]:
+        if task.ab is not None:
+            return comparison_to_record(task, self._datasets.guidelines(COMPARISON)[1])
         return task_to_record(task, self._version, self._suggest(task) if self._suggest else None)
+
+    def _store_tasks(self, tasks: list[RankingTask]) -> None:
+        """Keep comparison tasks where the collector finds them, before their records
+        exist (a crash in between leaves a stored task and no record: the redelivery
+        pushes it)."""
+        assert self._task_store is not None
+        try:
+            self._task_store.put_tasks({t.task_id: t.model_dump_json() for t in tasks})
+        except sqlite3.Error as error:
+            raise DependencyUnavailable(f"storing {len(tasks)} comparison tasks failed: {error}") from error
 
     def __call__(self, task: RankingTask, record: ConsumerRecord) -> Iterable[Outgoing]:
         if self._batched:
@@ -84,19 +109,24 @@ class Pusher:
 
     def flush(self) -> list[tuple[ConsumerRecord, str]]:
         buffered, self._buffer = list(self._buffer.values()), {}
-        by_size: dict[int, list[tuple[RankingTask, ConsumerRecord | None]]] = {}
+        by_size: dict[DatasetKey, list[tuple[RankingTask, ConsumerRecord | None]]] = {}
         for task, record in buffered:
-            by_size.setdefault(len(task.candidates), []).append((task, record))
+            by_size.setdefault(key_for(task), []).append((task, record))
         refused: list[tuple[ConsumerRecord, str]] = []
         for k, items in by_size.items():
             refused.extend((record, reason) for record, reason in self._write(k, items) if record is not None)
         return refused
 
-    def _write(self, k: int, items: list[tuple[RankingTask, ConsumerRecord | None]],
+    def _write(self, k: DatasetKey, items: list[tuple[RankingTask, ConsumerRecord | None]],
                dataset_retried: bool = False) -> list[tuple[ConsumerRecord | None, str]]:
-        """Upsert `items` into the dataset for k candidates; returns the ones Argilla
-        will never accept, with the reason. Raises DependencyUnavailable to have the
-        whole batch redelivered later."""
+        """Upsert `items` into the dataset for k candidates (or the comparison dataset);
+        returns the ones Argilla will never accept, with the reason. Raises
+        DependencyUnavailable to have the whole batch redelivered later."""
+        if k == COMPARISON:
+            if self._task_store is None:
+                return [(record, f"task {task.task_id} is an A/B comparison and this pusher has no task store")
+                        for task, record in items]
+            self._store_tasks([task for task, _ in items])
         dataset_id = str(self._datasets.ensure(k).id)
         try:
             self._rest.upsert_records(dataset_id, [self._record(task) for task, _ in items])
@@ -121,5 +151,5 @@ class Pusher:
             self._metrics.push_errors.labels(str(status), "dead_letter").inc()
             task = items[0][0]
             return [(items[0][1], f"task {task.task_id} refused by Argilla ({status}): {detail}")]
-        self._metrics.pushed.labels(str(k)).inc(len(items))
+        self._metrics.pushed.labels(str(len(items[0][0].candidates))).inc(len(items))
         return []

@@ -9,6 +9,7 @@ response that does not rank exactly the task's candidates is malformed and skipp
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -84,12 +85,22 @@ def annotator_ranking(response: dict[str, Any], task: RankingTask) -> AnnotatorR
         return None
 
 
-def collect(record: dict[str, Any], default_guideline_version: str) -> Collected:
-    """Everything one completed record yields (see module doc)."""
+TaskLookup = Callable[[str], RankingTask | None]  # record id (= task id) -> the task kept elsewhere
+
+
+def collect(record: dict[str, Any], default_guideline_version: str, task_lookup: TaskLookup | None = None) -> Collected:
+    """Everything one completed record yields (see module doc). `task_lookup`: where
+    the task is found when the record does not carry it (a blind comparison record,
+    whose task is in the collector's state); without it, the record's metadata."""
     record_id = str(record.get("external_id") or record["id"])
     submitted = [r for r in record.get("responses") or [] if r.get("status") == "submitted"]
     revision = revision_of(submitted)
-    task = task_from_metadata(record.get("metadata"))
+    if task_lookup is not None:
+        task = task_lookup(record_id)
+        if task is None:
+            return Collected(record_id, revision, discarded="unknown_task")
+    else:
+        task = task_from_metadata(record.get("metadata"))
     if task is None:
         return Collected(record_id, revision, discarded="not_a_task")
     if not submitted:

@@ -1,5 +1,11 @@
 """The Argilla dataset layout of a ranking task, and its check against a live dataset.
 
+The blind canary comparisons have a dataset of their own (`comparison_dataset`) with
+the k=2 layout and its own guidelines, but only non-revealing metadata and no extra
+metadata at all: annotators can read a record's metadata through the API, so
+nothing there may name a version (the task itself stays in the collector's state,
+see state.py).
+
 One dataset per candidate count k (`<prefix>-<k>`): Argilla's RankingQuestion has a
 fixed option list and a submitted ranking must rank every option, so a 2-answer task
 in a 5-option dataset would make annotators rank three empty answers. Each dataset
@@ -23,6 +29,8 @@ LETTERS = "ABCDE"
 TERMS_METADATA = ("model_versions", "sampling_rule", "sampling_strategy", "tags", "app", "guideline_version")
 FLOAT_METADATA = ("sampling_score",)
 TASK_METADATA = "task"
+# A comparison record's only metadata: nothing that names or hints at a version.
+COMPARISON_METADATA = ("sampling_rule", "app", "guideline_version")
 
 
 class DatasetMismatch(RuntimeError):
@@ -44,6 +52,16 @@ class Layout:
     rating_axes: tuple[str, ...]
     rationale: bool
     min_submitted: int
+    terms_metadata: tuple[str, ...] = TERMS_METADATA
+    float_metadata: tuple[str, ...] = FLOAT_METADATA
+    extra_metadata: bool = True  # off: Argilla refuses any metadata not declared above
+
+    @classmethod
+    def comparison(cls, rationale: bool, min_submitted: int) -> "Layout":
+        """The blind A/B layout: two answers, no rating axes (the question is only
+        which answer is better), declared non-revealing metadata only."""
+        return cls(k=2, rating_axes=(), rationale=rationale, min_submitted=min_submitted,
+                   terms_metadata=COMPARISON_METADATA, float_metadata=(), extra_metadata=False)
 
     @property
     def answer_fields(self) -> list[str]:
@@ -69,14 +87,14 @@ class Layout:
         if self.rationale:
             questions.append(rg.TextQuestion(name=RATIONALE_QUESTION, title="Rationale (optional)",
                                              required=False, use_markdown=False, client=client))
-        metadata: list[object] = [rg.TermsMetadataProperty(name=name, client=client) for name in TERMS_METADATA]
-        metadata += [rg.FloatMetadataProperty(name=name, client=client) for name in FLOAT_METADATA]
+        metadata: list[object] = [rg.TermsMetadataProperty(name=name, client=client) for name in self.terms_metadata]
+        metadata += [rg.FloatMetadataProperty(name=name, client=client) for name in self.float_metadata]
         return rg.Settings(
             guidelines=guidelines,
             fields=fields,
             questions=questions,  # type: ignore[arg-type]
             metadata=metadata,  # type: ignore[arg-type]
-            allow_extra_metadata=True,
+            allow_extra_metadata=self.extra_metadata,
             distribution=rg.TaskDistribution(min_submitted=self.min_submitted),
         )
 
@@ -104,6 +122,11 @@ class Layout:
         if distribution is not None and distribution.min_submitted != self.min_submitted:
             problems.append(f"distribution min_submitted is {distribution.min_submitted}, "
                             f"expected {self.min_submitted}")
-        if not existing.allow_extra_metadata:
+        if self.extra_metadata and not existing.allow_extra_metadata:
             problems.append("allow_extra_metadata is off (the task rides as extra metadata)")
+        if not self.extra_metadata:
+            declared = {m.name for m in existing.metadata}
+            missing = sorted({*self.terms_metadata, *self.float_metadata} - declared)
+            if missing:
+                problems.append(f"metadata properties {missing} are missing (no extra metadata is allowed)")
         return problems

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from shared.app import App
 from shared.models.reward_scorer import RewardScorer, registry_locator
 from shared.observability.probes import cached, http_ok
-from shared.topics import PREFERENCES, RANKING_TASKS, RANKINGS
+from shared.topics import COMPARISONS, PREFERENCES, RANKING_TASKS, RANKINGS
 
 from .argilla_api import ArgillaRest
 from .collector import Collector
@@ -57,7 +57,8 @@ def argilla_endpoint(settings: AnnotationSettings, app: App) -> ArgillaEndpoint:
     log.info("embedded Argilla at %s; annotator logins in %s", embedded.url,
              embedded.data_dir / CREDENTIALS_FILE)
     # Where `rlhf-loop up` and the demo's simulated annotators find the UI (see embedded_ui).
-    app.on_stop(publish_endpoint(embedded.data_dir, embedded.url).unlink, missing_ok=True)
+    app.on_stop(publish_endpoint(embedded.data_dir, embedded.url, options.comparison_dataset).unlink,
+                missing_ok=True)
     return ArgillaEndpoint(embedded.url, embedded.api_key)
 
 
@@ -76,8 +77,8 @@ CHATTY_LOGGERS = ("httpx", "argilla.sdk", "apscheduler.executors.default", "apsc
 def main(stop: threading.Event, settings: AnnotationSettings | None = None,
          registry: CollectorRegistry | None = None) -> None:
     """Ranking tasks in (pushed to Argilla in one bulk request per polled batch);
-    rankings and preferences out, from the collector's scheduled poll, woken at once
-    by Argilla's webhooks."""
+    rankings, preferences and canary comparisons out, from the collector's scheduled
+    poll, woken at once by Argilla's webhooks."""
     settings = settings or AnnotationSettings()
     options = settings.annotation
     for name in CHATTY_LOGGERS:
@@ -94,7 +95,7 @@ def main(stop: threading.Event, settings: AnnotationSettings | None = None,
         collector = Collector(datasets, rest, app.producer, state, metrics, guideline_version=options.version,
                               overlap_s=options.poll_overlap_s, page_size=options.page_size,
                               rescan_interval_s=options.rescan_interval_s, rescan_window_s=options.rescan_window_s)
-        app.produces(RANKINGS, PREFERENCES)
+        app.produces(RANKINGS, PREFERENCES, COMPARISONS)
         argilla_up = argilla_probe(endpoint, metrics)
         app.add_readiness("argilla", argilla_up)
         app.add_periodic(ARGILLA_UP_JOB, 5, argilla_up)
@@ -114,6 +115,7 @@ def main(stop: threading.Event, settings: AnnotationSettings | None = None,
             scorer = RewardScorer(registry_locator(options.registry_dir or Path(settings.data_dir) / "registry"))
             suggest = RankingSuggester(
                 scorer, lambda k: str(datasets.ensure(k).settings.questions[RANK_QUESTION].id))
-        pusher = Pusher(datasets, rest, options.version, metrics, batched=True, suggest=suggest)
+        # comparison tasks are kept in the collector's state (their records name no version)
+        pusher = Pusher(datasets, rest, options.version, metrics, batched=True, suggest=suggest, task_store=state)
         app.add_consumer([RANKING_TASKS], pusher, group_id=options.group_id, sink=pusher)
         app.run(stop)

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
+from shared.contracts.tasks import MAX_RANKED, MIN_RANKED
 from shared.settings import ServiceSettings
 
 GUIDELINES_DIR = Path(__file__).resolve().parent / "guidelines"
+DEFAULT_COMPARISON_DATASET = "rlhf-canary-ab"
 
 
 class AnnotationOptions(BaseModel):
@@ -23,6 +25,16 @@ class AnnotationOptions(BaseModel):
     guidelines_path: Path = Field(default=GUIDELINES_DIR / "v1.md", description="markdown shown in Argilla")
     guideline_version: str | None = Field(
         default=None, max_length=64, description="stamped downstream; default: the guidelines file's stem"
+    )
+    comparison_dataset: str = Field(
+        default=DEFAULT_COMPARISON_DATASET, min_length=1, max_length=100,
+        description="the dataset of blind canary-vs-stable A/B comparisons (tasks with `ab` set)",
+    )
+    comparison_guidelines_path: Path = Field(
+        default=GUIDELINES_DIR / "comparison-v1.md", description="markdown shown in the comparison dataset")
+    comparison_guideline_version: str | None = Field(
+        default=None, max_length=64,
+        description="stamped on comparisons and their preferences; default: the comparison guidelines file's stem",
     )
     rating_axes: list[str] = Field(
         default_factory=list, description="optional 1-5 rating questions, e.g. [\"helpfulness\",\"harmlessness\"]"
@@ -65,9 +77,22 @@ class AnnotationOptions(BaseModel):
                 raise ValueError(f"rating axis {axis!r}: use lowercase letters, digits and '_'")
         return axes
 
+    @model_validator(mode="after")
+    def _distinct_datasets(self) -> "AnnotationOptions":
+        # the ranking datasets are '<dataset>-<k>': sharing a name would mix blind
+        # comparisons (no task in the record) into a ranking dataset's layout
+        if self.comparison_dataset in {f"{self.dataset}-{k}" for k in range(MIN_RANKED, MAX_RANKED + 1)}:
+            raise ValueError(f"comparison_dataset {self.comparison_dataset!r} is one of the ranking datasets")
+        return self
+
     @property
     def version(self) -> str:
         return self.guideline_version or self.guidelines_path.stem
+
+    @property
+    def comparison_version(self) -> str:
+        """The comparison guidelines' version, derived as `version` is."""
+        return self.comparison_guideline_version or self.comparison_guidelines_path.stem
 
 
 class AnnotationSettings(ServiceSettings):

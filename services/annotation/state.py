@@ -6,6 +6,11 @@ a record is published again only when its responses changed (a new revision: an
 edit, found by a webhook or the rescan, see collector.py). Both
 are written only after the broker acknowledged the events, so a crash in between
 re-publishes (same deterministic ids, dropped downstream) instead of losing.
+
+The tasks table holds the blind comparison tasks: their record in Argilla must not
+carry the task (it names the versions, and annotators can read a record's metadata),
+so the pusher stores the task here, keyed by task id (the record's external id),
+before it pushes the record, and the collector reads it back from here.
 """
 
 from __future__ import annotations
@@ -28,7 +33,34 @@ class CollectorState:
             CREATE TABLE IF NOT EXISTS watermark (dataset TEXT PRIMARY KEY, updated_at TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS published (
                 record_id TEXT PRIMARY KEY, revision TEXT NOT NULL, published_at TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS tasks (
+                task_id TEXT PRIMARY KEY, task TEXT NOT NULL, stored_at TEXT NOT NULL);
         """)
+
+    def put_tasks(self, tasks: dict[str, str]) -> None:
+        """Store tasks (task id -> task JSON) in one transaction; a redelivered task
+        overwrites its row (the same task, or a newer version of it), never adds one."""
+        if not tasks:
+            return
+        now = datetime.now(timezone.utc).isoformat()
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO tasks (task_id, task, stored_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(task_id) DO UPDATE SET task = excluded.task, stored_at = excluded.stored_at",
+                    [(task_id, task, now) for task_id, task in tasks.items()],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def task(self, task_id: str) -> str | None:
+        """The stored task JSON, or None if this state never stored that task."""
+        with self._lock:
+            row = self._db.execute("SELECT task FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return str(row[0]) if row else None
 
     def watermark(self, dataset: str) -> datetime:
         with self._lock:

@@ -1,5 +1,7 @@
 """Simulated annotators: every annotator account of the embedded Argilla ranks what is
-pending, through the UI's own endpoints (simulated_annotator.py)."""
+pending, through the UI's own endpoints (simulated_annotator.py). The blind canary
+comparisons come first: a canary waits on them to graduate or roll back, while a
+ranking a little later only delays one training pair."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from services.annotation.embedded_ui import embedded_ui
+from services.annotation.settings import DEFAULT_COMPARISON_DATASET
 
 from .oracles import ORACLES
 from .settings import DemoOptions
@@ -25,12 +28,14 @@ class AnnotatorPool:
         self._dir = argilla_dir
         self._on_ranked = on_ranked
         self._annotators: list[SimulatedAnnotator] = []
+        self._comparison_dataset = DEFAULT_COMPARISON_DATASET
 
     def _connect(self) -> bool:
         ui = embedded_ui(self._dir)
         if ui is None:
             return False
         oracle = ORACLES[self._options.oracle]
+        self._comparison_dataset = ui.comparison_dataset or DEFAULT_COMPARISON_DATASET
         self._annotators = [SimulatedAnnotator(ui.url, u.username, u.password, oracle, noise=self._options.noise,
                                                delay_s=self._options.annotator_delay_s, seed=i)
                             for i, u in enumerate(ui.annotators)]
@@ -48,7 +53,7 @@ class AnnotatorPool:
                     continue  # Argilla not up yet
                 ranked_now = 0
                 for annotator in self._annotators:
-                    for dataset_id in annotator_datasets(annotator):
+                    for dataset_id in annotator_datasets(annotator, first=self._comparison_dataset):
                         ranked = annotator.annotate(dataset_id, limit=20)
                         if ranked:
                             self._on_ranked(ranked)
@@ -67,7 +72,10 @@ class AnnotatorPool:
         self._annotators = []
 
 
-def annotator_datasets(annotator: SimulatedAnnotator) -> list[str]:
+def annotator_datasets(annotator: SimulatedAnnotator, first: str | None = None) -> list[str]:
+    """The ids of the ready datasets this annotator may work on, the one named `first`
+    (the comparison dataset) ahead of the rest."""
     response = annotator._http.get("/api/v1/me/datasets")  # noqa: SLF001 - the same session the UI uses
     response.raise_for_status()
-    return [d["id"] for d in response.json()["items"] if d.get("status") == "ready"]
+    ready = [d for d in response.json()["items"] if d.get("status") == "ready"]
+    return [d["id"] for d in sorted(ready, key=lambda d: d.get("name") != first)]

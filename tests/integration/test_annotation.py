@@ -27,6 +27,7 @@ from services.annotation.state import CollectorState
 from shared.bus import DependencyUnavailable, EventProducer
 from shared.bus.codec import decode
 from shared.contracts import (
+    CanaryComparison,
     Candidate,
     ChatMessage,
     ModelRef,
@@ -72,24 +73,27 @@ def quality_oracle(prompt: str, answers: list[str]) -> list[float]:
 
 
 def options(prefix: str, **overrides: object) -> AnnotationOptions:
-    return AnnotationOptions(dataset=prefix, **overrides)  # type: ignore[arg-type]
+    """Per-test dataset names: the ranking datasets and the comparison dataset."""
+    return AnnotationOptions(**{"dataset": prefix, "comparison_dataset": f"{prefix}-ab", **overrides})  # type: ignore[arg-type]
 
 
 class Setup:
     """Pusher and collector wired as the service wires them, on per-test topics."""
 
     def __init__(self, argilla: EmbeddedArgilla, client: rg.Argilla, opts: AnnotationOptions,
-                 kafka: KafkaSettings, rankings: Topic, preferences: Topic, state_dir: Path) -> None:
+                 kafka: KafkaSettings, rankings: Topic, preferences: Topic, state_dir: Path,
+                 comparisons: Topic) -> None:
         self.registry = CollectorRegistry()
         self.metrics = AnnotationMetrics(self.registry)
         self.datasets = RankingDatasets(client, opts)
         self.rest = ArgillaRest(argilla.url, argilla.api_key)
-        self.pusher = Pusher(self.datasets, self.rest, opts.version, self.metrics)
-        self.producer = EventProducer(kafka)
         self.state = CollectorState(state_dir / "collector.sqlite")
+        self.pusher = Pusher(self.datasets, self.rest, opts.version, self.metrics, task_store=self.state)
+        self.producer = EventProducer(kafka)
         self.collector = Collector(self.datasets, self.rest, self.producer, self.state, self.metrics,
                                    guideline_version=opts.version, overlap_s=5.0,
-                                   rankings_topic=rankings, preferences_topic=preferences)
+                                   rankings_topic=rankings, preferences_topic=preferences,
+                                   comparisons_topic=comparisons)
 
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
@@ -107,7 +111,7 @@ def make_setup(argilla: EmbeddedArgilla, argilla_client: rg.Argilla, kafka: Kafk
 
     def make(opts: AnnotationOptions) -> Setup:
         setup = Setup(argilla, argilla_client, opts, kafka, make_topic(RankingResult),
-                      make_topic(Preference), tmp_path / uuid.uuid4().hex)
+                      make_topic(Preference), tmp_path / uuid.uuid4().hex, make_topic(CanaryComparison))
         made.append(setup)
         return setup
 
