@@ -2,12 +2,15 @@
 
 For each output, in order:
   1. already decided?  -> same outcome again (a selected task is re-emitted as is)
-  2. near-duplicate of a recently sampled prompt? -> rejected (duplicate)
-  3. the first rule whose filter matches and whose strategy accepts it wins:
+  2. an A/B output (canary vs stable) with room in the comparison quota?
+                       -> a blind comparison task, before any rule and without the
+                          dedupe (comparisons.py); over the quota it goes on to 3.
+  3. near-duplicate of a recently sampled prompt? -> rejected (duplicate)
+  4. the first rule whose filter matches and whose strategy accepts it wins:
        no budget -> the task goes out now
        budget    -> held in the rule's window; when the window closes the top
                     `max_tasks` by score (a uniform reservoir for `uniform`) go out
-  4. no rule took it -> rejected (no_rule)
+  5. no rule took it -> rejected (no_rule)
 A task gets PII redaction and, if it has fewer than N answers, candidate completion.
 
 Nothing is written until the decision is known: the decision, the prompt's dedupe hash
@@ -15,6 +18,13 @@ and the quota place go to the store in one transaction (`SamplerStore.decide`), 
 the candidate-completion calls. An error or a kill before that commit leaves no trace,
 so the redelivered output is decided afresh; after it, the redelivery finds the
 decision (step 1) and re-emits the same task, counting nothing again.
+
+Besides the decision, and whatever it is, an output of an opted-in tenant yields the
+preferences its users' edits and regenerates state (feedback_preferences.py), on every
+delivery with the same ids (the trainer stores each once). They are marked in the
+store in a transaction of their own, before the decision: a rejection stores nothing
+to tell a redelivery by, and a kill between the two only means the redelivery emits
+them again without counting them again.
 """
 
 from __future__ import annotations
@@ -40,9 +50,17 @@ from shared.contracts import (
 )
 from shared.contracts.tasks import MAX_RANKED, MIN_RANKED
 from shared.models.reward_scorer import RewardScorer
-from shared.topics import RANKING_TASKS
+from shared.topics import PREFERENCES, RANKING_TASKS
 
+from .comparisons import (
+    COMPARISON_QUOTA_VALUE,
+    COMPARISON_RULE,
+    COMPARISON_STRATEGY,
+    ComparisonSettings,
+    blind_order,
+)
 from .completion import CandidateCompleter
+from .feedback_preferences import FeedbackPreferenceSettings, feedback_preferences
 from .metrics import SamplerMetrics
 from .novelty import NoveltyMemory
 from .redaction import Redactor
@@ -84,11 +102,15 @@ class Sampler:
         redactor: Redactor | None = None,
         reward_scorer: RewardScorer | None = None,
         novelty: NoveltyMemory | None = None,
+        comparisons: ComparisonSettings | None = None,
+        feedback_preferences: FeedbackPreferenceSettings | None = None,
         clock: Clock = time.time,
     ) -> None:
         names = [r.name for r in rules]
         if len(set(names)) != len(names):
             raise ValueError(f"rule names must be unique: {names}")
+        if COMPARISON_RULE in names:  # its quota counts and metrics would mix with the comparisons'
+            raise ValueError(f"the rule name {COMPARISON_RULE!r} is reserved for A/B comparisons")
         if any(r.strategy == "novelty" for r in rules) and novelty is None:
             raise ValueError("a novelty rule needs an encoder")
         self._rules = {r.name: r for r in rules}
@@ -99,6 +121,8 @@ class Sampler:
         self._redactor = redactor
         self._reward = reward_scorer
         self._novelty = novelty
+        self._comparisons = comparisons or ComparisonSettings()
+        self._feedback = feedback_preferences or FeedbackPreferenceSettings()
         self._clock = clock
         self._closing: dict[tuple[str, float], tuple[list[Decision], list[QuotaCount]]] = {}
 
@@ -111,11 +135,20 @@ class Sampler:
 
     def handle(self, event: Event, record: ConsumerRecord) -> list[Outgoing]:
         assert isinstance(event, ModelOutput)
-        output = event
+        preferences = self._feedback_preferences(event)
+        return [*self._decide(event), *preferences]
+
+    def _decide(self, output: ModelOutput) -> list[Outgoing]:
         known = self._store.decision(output.output_id)
         if known is not None:
             return self._outcome(known)
         now = self._clock()
+        if output.ab is not None and self._comparisons.enabled:
+            window = (now // self._comparisons.window_s) * self._comparisons.window_s
+            if (self._store.quota_count(COMPARISON_RULE, window, COMPARISON_QUOTA_VALUE)
+                    < self._comparisons.max_per_window):
+                return self._select_comparison(output, window, now)
+            # over the quota: an output like any other from here on
         prompt_hash = normalized_prompt_hash(output)
         if self._store.seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
             self._reject(output.output_id, None, "duplicate", now)
@@ -257,6 +290,66 @@ class Sampler:
             self._count(stored)
             self._remember(verdict)
         return self._outcome(stored)
+
+    def _select_comparison(self, output: ModelOutput, window: float, now: float) -> list[Outgoing]:
+        """The blind A/B task; no prompt hash is recorded (see comparisons.py), and its
+        quota place is taken with the decision."""
+        conversation, candidates = list(output.conversation), blind_order(output)
+        if self._redactor is not None:
+            conversation, candidates = self._redact(conversation, candidates)
+        task_id = task_id_for(output.output_id)
+        task = RankingTask(
+            event_id=task_id, task_id=task_id, output_id=output.output_id,
+            conversation_id=output.conversation_id, prompt=conversation, candidates=candidates,
+            sampling=SamplingDecision(rule=COMPARISON_RULE, strategy=COMPARISON_STRATEGY),
+            app=output.app, tags=list(output.tags), ab=output.ab,
+        )
+        decision = Decision(output.output_id, "selected", COMPARISON_RULE, COMPARISON_STRATEGY, None,
+                            task.model_dump_json())
+        stored, new = self._store.decide(decision, now, quota=[QuotaCount(COMPARISON_RULE, window,
+                                                                          COMPARISON_QUOTA_VALUE)])
+        if new:
+            self._count(stored)
+        return self._outcome(stored)
+
+    def _feedback_preferences(self, output: ModelOutput) -> list[Outgoing]:
+        """The preferences the output's feedback states (redacted as its task would be),
+        counted the first time only."""
+        if not self._feedback.opted_in(output.tenant) or not output.feedback:
+            return []
+        hits: Counter[str] = Counter()
+        if self._redactor is not None:
+            output, hits = self._redacted_output(output)
+        preferences = feedback_preferences(output, self._feedback)
+        if not preferences:
+            return []
+        new = self._store.record_preferences(output.output_id, [p.preference_id for p in preferences],
+                                             self._clock())
+        for preference in preferences:
+            if preference.preference_id in new:
+                self._metrics.feedback_preferences.labels(preference.source).inc()
+        for kind, n in hits.items() if new else ():
+            self._metrics.redactions.labels(kind).inc(n)
+        return [Outgoing(PREFERENCES, p) for p in preferences]
+
+    def _redacted_output(self, output: ModelOutput) -> tuple[ModelOutput, Counter[str]]:
+        """The output with its prompt, answers and edited texts redacted alike (so an
+        edit that only removed an e-mail address is no preference), and what was found."""
+        redactor = self._redactor
+        assert redactor is not None
+        found: Counter[str] = Counter()
+
+        def redact(text: str) -> str:
+            redacted, hits = redactor.redact(text)
+            found.update(hits)
+            return redacted
+
+        conversation = [m.model_copy(update={"content": redact(m.content)}) for m in output.conversation]
+        candidates = [c.model_copy(update={"text": redact(c.text)}) for c in output.candidates]
+        feedback = [f.model_copy(update={"edited_text": redact(f.edited_text)}) if f.edited_text else f
+                    for f in output.feedback]
+        return output.model_copy(update={"conversation": conversation, "candidates": candidates,
+                                         "feedback": feedback}), found
 
     def _remember(self, verdict: Verdict) -> None:
         if verdict.vector is not None and self._novelty is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 REJECTION_REASONS = ("no_rule", "duplicate", "quota", "budget", "too_few_candidates")
+FEEDBACK_SOURCES = ("edit", "regenerate")
 SCORE_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0, 5.0)
 
 
@@ -32,5 +33,12 @@ class SamplerMetrics:
         self.uncertainty_fallbacks = Counter(
             "rlhf_sampler_uncertainty_fallbacks_total",
             "Uncertainty decisions made without a reward model (uniform fallback).", registry=registry)
+        self.feedback_preferences = Counter(
+            "rlhf_sampler_feedback_preferences_total",
+            "Preferences read from users' own feedback (no annotator), by source (edit, regenerate); "
+            "each once, not again when its output is redelivered.",
+            ["source"], registry=registry)
+        for source in FEEDBACK_SOURCES:
+            self.feedback_preferences.labels(source)
         for reason in REJECTION_REASONS:  # at 0 from the start: a panel shows 0, not "no data"
             self.rejections.labels(reason)

@@ -1,5 +1,6 @@
-"""The sampler: model outputs in, ranking tasks out (its rules, store, scorers and
-candidate completer are built here and owned by the App)."""
+"""The sampler: model outputs in; ranking and comparison tasks, and the preferences
+users' own feedback states, out (its rules, store, scorers and candidate completer
+are built here and owned by the App)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from shared.app import App
-from shared.topics import OUTPUTS, RANKING_TASKS
+from shared.topics import OUTPUTS, PREFERENCES, RANKING_TASKS
 
 from .completion import CandidateCompleter
 from .handlers import Sampler
@@ -44,6 +45,8 @@ def build_sampler(settings: SamplerSettings, registry: CollectorRegistry) -> Sam
         redactor=Redactor.from_settings(options.redaction) if options.redaction.enabled else None,
         reward_scorer=reward,
         novelty=novelty,
+        comparisons=options.comparisons,
+        feedback_preferences=options.feedback_preferences,
     )
 
 
@@ -51,8 +54,9 @@ def run_service(settings: SamplerSettings, stop: threading.Event, *, registry: C
                 on_started=None) -> None:  # type: ignore[no-untyped-def]
     with App("sampler", settings, registry=registry, on_started=on_started) as app:
         sampler = app.own(build_sampler(settings, app.registry))
-        app.add_consumer([OUTPUTS], sampler.handle, group_id=settings.sampler.group_id, produces=[RANKING_TASKS],
-                         ticker=sampler, tick_interval_s=settings.sampler.tick_interval_s)
+        app.add_consumer([OUTPUTS], sampler.handle, group_id=settings.sampler.group_id,
+                         produces=[RANKING_TASKS, PREFERENCES], ticker=sampler,
+                         tick_interval_s=settings.sampler.tick_interval_s)
         app.run(stop)
 
 

@@ -4,7 +4,9 @@ from pydantic import BaseModel, Field
 
 from shared.settings import ServiceSettings
 
+from .comparisons import ComparisonSettings
 from .completion import CompletionSettings
+from .feedback_preferences import FeedbackPreferenceSettings
 from .redaction import RedactionSettings
 from .rules import SamplingRule, default_rules
 
@@ -15,6 +17,12 @@ class SamplerOptions(BaseModel):
                                       description="ordered; the first rule that accepts an output wins (JSON)")
     dedupe_window_s: float = Field(default=86_400.0, ge=0,
                                    description="a near-duplicate prompt within this window is not sampled again")
+    comparisons: ComparisonSettings = Field(
+        default_factory=ComparisonSettings,
+        description="A/B outputs (canary vs stable) become blind comparison tasks before any rule")
+    feedback_preferences: FeedbackPreferenceSettings = Field(
+        default_factory=FeedbackPreferenceSettings,
+        description="users' edits and regenerates become preferences (opt-in per tenant)")
     completion: CompletionSettings = CompletionSettings()
     redaction: RedactionSettings = RedactionSettings()
     reward_model_dir: str | None = Field(
@@ -26,6 +34,7 @@ class SamplerOptions(BaseModel):
 
 
 class SamplerSettings(ServiceSettings):
-    """Env: RLHF_SAMPLER__RULES='[...]' (JSON), RLHF_SAMPLER__COMPLETION__TARGET_CANDIDATES=4, ..."""
+    """Env: RLHF_SAMPLER__RULES='[...]' (JSON), RLHF_SAMPLER__COMPLETION__TARGET_CANDIDATES=4,
+    RLHF_SAMPLER__COMPARISONS__MAX_PER_WINDOW=500, RLHF_SAMPLER__FEEDBACK_PREFERENCES__ENABLED_TENANTS='["*"]', ..."""
 
     sampler: SamplerOptions = SamplerOptions()

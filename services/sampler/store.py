@@ -8,6 +8,11 @@ A decision and everything it changes (the prompt's dedupe hash, the quota count,
 held item) are written in one transaction (`decide`, `close_window`): a failure or a
 kill before the commit leaves no trace, so the redelivered output is decided afresh
 instead of meeting its own prompt hash and being rejected as a duplicate of itself.
+
+Preferences read from user feedback are marked here by id (`record_preferences`),
+apart from the decision: they are emitted whatever the output's decision, rejections
+included, and rejections store nothing. The mark only tells a first emission (counted
+in metrics) from a redelivery's; the events themselves go out every time.
 """
 
 from __future__ import annotations
@@ -48,6 +53,11 @@ CREATE TABLE IF NOT EXISTS quota_counts (
     value        TEXT NOT NULL,
     count        INTEGER NOT NULL,
     PRIMARY KEY (rule, window_start, value)
+);
+CREATE TABLE IF NOT EXISTS feedback_preferences (
+    preference_id TEXT PRIMARY KEY,
+    output_id     TEXT NOT NULL,
+    recorded_at   REAL NOT NULL
 );
 """
 
@@ -181,6 +191,20 @@ class SamplerStore:
             )
             self._count_quota(db, quota or [])
             db.execute("DELETE FROM window_items WHERE rule = ? AND window_start = ?", (rule, window_start))
+
+    # preferences from user feedback -----------------------------------------------
+
+    def record_preferences(self, output_id: str, preference_ids: list[str], at: float) -> set[str]:
+        """Mark an output's feedback preferences as emitted, in one transaction; returns
+        the ids not marked before (what a redelivery finds already marked is not new)."""
+        new: set[str] = set()
+        with self._tx() as db:
+            for preference_id in preference_ids:
+                cursor = db.execute("INSERT OR IGNORE INTO feedback_preferences VALUES (?, ?, ?)",
+                                    (preference_id, output_id, at))
+                if cursor.rowcount:
+                    new.add(preference_id)
+        return new
 
     # quotas --------------------------------------------------------------------
 
