@@ -3,7 +3,9 @@
 Generation runs in a worker thread so the event loop keeps serving probes and
 metrics. Every completion is captured to rlhf.outputs after the response is built,
 without waiting for the broker: capture can fail, the user's request cannot. A
-request with `"store": false` is served and not captured.
+request with `"store": false` is served and not captured. While a canary serves, a
+share of requests is answered by the other version too, after the response, for a
+blind A/B comparison (ab.py).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from pydantic import BaseModel, Field, SecretStr
 
 from shared.auth import bearer_dependency
 from shared.bus import EventProducer
-from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, derived_id
+from shared.contracts import ChatMessage
 from shared.http_input import BodyLimit
 from shared.web import Checks, ops_router
-from shared.topics import OUTPUTS
 
+from .ab import ABJob, ABPick, ABSampler, ABWorker
+from .capture import Capture
 from .metrics import PolicyServerMetrics
 from .models import Generation, PolicyPool, ShuttingDown
 from .routing import Router
@@ -70,10 +73,15 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     api_key: SecretStr | None = None,
     serve_metrics: bool = True,
+    ab_share: float = 0.0,
+    ab_seed: int | None = None,
+    ab_max_pending: int = 32,
 ) -> FastAPI:
     """`api_key`: every /v1 route needs it as a bearer token (None: open, for tests and
     benchmarks that build the app in-process). `serve_metrics`: False when /metrics is
-    served on its own port. The probes are always open."""
+    served on its own port. The probes are always open. `ab_share`: see ab.py (0: off,
+    the default for an app built in-process); the A/B worker is `app.state.ab`, which
+    the owner closes at shutdown."""
     app = FastAPI(title="rlhf-loop policy server", version="1")
     guard = [Depends(bearer_dependency(api_key, "RLHF_POLICY_SERVER__API_KEY"))] if api_key is not None else []
     v1 = APIRouter(dependencies=guard)
@@ -83,43 +91,40 @@ def create_app(
         return JSONResponse(status_code=status, content={"error": {
             "message": message, "type": "invalid_request_error", "param": param, "code": None}})
 
-    def resolve(model: str) -> str:
-        """The served name routes (stable/canary); a loaded version name pins it."""
-        if model == served_model_name:
-            return router.choose()
-        if pool.has(model):
-            return model
-        raise HTTPException(status_code=404, detail=f"model {model!r} not found")
+    capturing = Capture(producer, metrics, served_model_name, max_tokens_default)
+    sampler = ABSampler(ab_share, ab_seed)
 
-    def capture(request: ChatRequest, version: str, completion_id: str, generations: list[Generation]) -> None:
-        if producer is None:
-            return
-        if request.store is False:
-            metrics.captured.labels("not_stored").inc()
-            return
-        output_id = derived_id("policy-completion", completion_id)
-        params = {"temperature": request.temperature, "top_p": request.top_p,
-                  "max_tokens": request.max_tokens or max_tokens_default}
-        event = ModelOutput(
-            event_id=output_id, output_id=output_id, conversation=list(request.messages),
-            candidates=[Candidate(candidate_id=f"choice-{i}", text=g.text, finish_reason=g.finish_reason,
-                                  model=ModelRef(name=served_model_name, version=version), generation_params=params)
-                        for i, g in enumerate(generations)],
-            client_request_id=completion_id, source="policy_server", tags=["policy-server"],
-        )
-        try:
-            future = producer.send(OUTPUTS, event)
-        except Exception:  # noqa: BLE001 - a full buffer or a closed producer must not fail the user
-            metrics.captured.labels("error").inc()
-            log.exception("capture of %s failed", completion_id)
-            return
-        future.add_callback(lambda _md: metrics.captured.labels("ok").inc())
-        future.add_errback(lambda _exc: metrics.captured.labels("error").inc())
+    def resolve(request: ChatRequest) -> tuple[str, ABPick | None]:
+        """The served name routes (stable/canary), and may draw an A/B pick; a loaded
+        version name pins it (never compared: the caller chose the version)."""
+        if request.model == served_model_name:
+            version, routes = router.pick()
+            comparable = capturing.wanted(request)
+            return version, sampler.pick(version, routes) if comparable else None
+        if pool.has(request.model):
+            return request.model, None
+        raise HTTPException(status_code=404, detail=f"model {request.model!r} not found")
 
     def run(request: ChatRequest, version: str) -> list[Generation]:
         return pool.generate([m.model_dump() for m in request.messages], version, n=request.n,
                              max_tokens=min(request.max_tokens or max_tokens_default, max_tokens_limit),
                              temperature=request.temperature, top_p=request.top_p, seed=request.seed)
+
+    ab = ABWorker(run, capturing, metrics, ab_max_pending)
+    app.state.ab = ab
+
+    def capture(request: ChatRequest, version: str, completion_id: str, generations: list[Generation],
+                pick: ABPick | None = None) -> None:
+        """After the response is built: alone, or an A/B pick handed to the worker. With
+        n > 1 the n answers are captured as always (they make a ranking task), and the
+        pick pairs the first of them with the other version's one answer, as an output
+        of its own."""
+        if pick is not None and len(generations) == 1:
+            ab.submit(ABJob(request, completion_id, version, generations[0], pick))
+            return
+        capturing.send(request, completion_id, version, generations)
+        if pick is not None and generations:
+            ab.submit(ABJob(request, completion_id, version, generations[0], pick, separate=True))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Any, exc: RequestValidationError) -> JSONResponse:
@@ -146,16 +151,16 @@ def create_app(
     async def chat(request: ChatRequest) -> Any:
         if request.n > max_n:
             return error(400, f"n must be at most {max_n}", "n")
-        version = resolve(request.model)
+        version, pick = resolve(request)
         started = time.perf_counter()
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if request.stream and request.n == 1:
-            return StreamingResponse(stream_live(request, version, completion_id, started),
+            return StreamingResponse(stream_live(request, version, completion_id, started, pick),
                                      media_type="text/event-stream")
         try:
             generations = await asyncio.to_thread(run, request, version)
         except KeyError:  # the version was unloaded between routing and generation
-            version = router.choose()
+            version, pick = router.choose(), None  # the routes changed: that pick's pair is gone
             generations = await asyncio.to_thread(run, request, version)
         except ShuttingDown as stopped:
             metrics.requests.labels(version, "shutting_down").inc()
@@ -167,7 +172,7 @@ def create_app(
         metrics.latency.labels(version).observe(time.perf_counter() - started)
         metrics.requests.labels(version, "ok").inc()
         metrics.tokens.labels(version).inc(sum(g.completion_tokens for g in generations))
-        capture(request, version, completion_id, generations)
+        capture(request, version, completion_id, generations, pick)
         created = int(time.time())
         if request.stream:
             return StreamingResponse(stream_chunks(completion_id, created, version, generations),
@@ -189,7 +194,7 @@ def create_app(
         return f"data: {json.dumps(body)}\n\n"
 
     async def stream_live(request: ChatRequest, version: str, completion_id: str,
-                          started: float) -> AsyncIterator[str]:
+                          started: float, pick: ABPick | None = None) -> AsyncIterator[str]:
         """n=1: token deltas as the model produces them (time to first token matters)."""
         created = int(time.time())
         deltas, result = pool.stream([m.model_dump() for m in request.messages], version,
@@ -208,7 +213,7 @@ def create_app(
         metrics.requests.labels(version, "ok").inc()
         metrics.tokens.labels(version).inc(result.completion_tokens)
         capture(request, version, completion_id,
-                [Generation(result.text, result.finish_reason, result.completion_tokens)])
+                [Generation(result.text, result.finish_reason, result.completion_tokens)], pick)
 
     async def stream_chunks(completion_id: str, created: int, version: str,
                             generations: list[Generation]) -> AsyncIterator[str]:

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-ROLLBACK_REASONS = ("event", "health_check", "startup")
+ROLLBACK_REASONS = ("event", "health_check", "startup", "registry")
 IGNORED_REASONS = ("not_promoted", "older", "rolled_back")
 CAPTURE_OUTCOMES = ("ok", "error", "not_stored")
+AB_RESULTS = ("ok", "error")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -20,7 +21,8 @@ class PolicyServerMetrics:
                            ["version"], registry=registry)
         self.rollbacks = Counter("rlhf_model_rollbacks_total",
                                  "Rollbacks to the last good version, by reason (event, health_check, startup: the "
-                                 "promoted version could not serve when the replica started).",
+                                 "promoted version could not serve when the replica started; registry: the registry "
+                                 "marks a served version rolled back, its event not heard).",
                                  ["reason"], registry=registry)
         self.promotions_ignored = Counter(
             "rlhf_policy_promotions_ignored_total",
@@ -29,6 +31,10 @@ class PolicyServerMetrics:
             ["reason"], registry=registry)
         self.captured = Counter("rlhf_policy_captured_total", "Completions captured to rlhf.outputs, by outcome (ok, error, not_stored: the request said store=false).",
                                 ["outcome"], registry=registry)
+        self.ab_pairs = Counter(
+            "rlhf_policy_ab_pairs", "A/B answers of a canary and the stable version to one prompt, by result (ok: "
+            "captured as a pair; error: the other answer failed or was shed, the served one captured alone).",
+            ["result"], registry=registry)
 
         # Fixed label values are exported at 0 from the start: an alert on increase() sees
         # the first rollback, and a panel shows 0 instead of "no data".
@@ -38,6 +44,8 @@ class PolicyServerMetrics:
             self.promotions_ignored.labels(reason)
         for outcome in CAPTURE_OUTCOMES:
             self.captured.labels(outcome)
+        for result in AB_RESULTS:
+            self.ab_pairs.labels(result)
 
     def set_shares(self, shares: dict[str, float]) -> None:
         self.share.clear()

@@ -1,7 +1,8 @@
 """Which version serves a request: the stable one, or the canary for its share.
 
 State changes (new canary, graduation, rollback) replace one immutable snapshot, so
-a request reads a consistent (stable, canary, fraction) without a lock.
+a request reads a consistent (stable, canary, fraction) without a lock. Changes come
+from one thread at a time (VersionManager holds its lock).
 """
 
 from __future__ import annotations
@@ -35,12 +36,17 @@ class Router:
         return self._routes
 
     def choose(self) -> str:
+        return self.pick()[0]
+
+    def pick(self) -> tuple[str, Routes]:
+        """The version for one request and the snapshot it was drawn from: an A/B pair
+        must name the canary and the stable version of that same snapshot."""
         routes = self._routes
         if routes.canary is None:
-            return routes.stable
+            return routes.stable, routes
         with self._random_lock:
             draw = self._random.random()
-        return routes.canary if draw < routes.canary_fraction else routes.stable
+        return (routes.canary if draw < routes.canary_fraction else routes.stable), routes
 
     def shares(self) -> dict[str, float]:
         routes = self._routes
@@ -56,12 +62,21 @@ class Router:
             self._routes = Routes(stable=routes.stable, canary=version, canary_fraction=fraction,
                                   canary_since=self._clock(), last_good=routes.stable)
 
+    def graduate(self, version: str) -> bool:
+        """The canary `version` takes all traffic (the canary judge decided). False when
+        it is not the canary: already stable (a redelivery) or not served at all."""
+        routes = self._routes
+        if routes.canary != version:
+            return False
+        self._routes = Routes(stable=version, last_good=routes.stable)
+        return True
+
     def graduate_if_due(self, after_s: float) -> str | None:
+        """The timer of deployments without the canary judge (`after_s` 0: never)."""
         routes = self._routes
         if routes.canary is None or after_s <= 0 or self._clock() - routes.canary_since < after_s:
             return None
-        self._routes = Routes(stable=routes.canary, last_good=routes.stable)
-        return routes.canary
+        return routes.canary if self.graduate(routes.canary) else None
 
     def rollback(self, to_version: str | None = None) -> str:
         """All traffic back to `to_version` (default: the last good version)."""

@@ -43,22 +43,29 @@ def main(stop: threading.Event) -> None:
     with App("policy-server", settings, producer_max_block_ms=100, http_graceful_s=drain_s) as app:
         metrics = PolicyServerMetrics(app.registry)
         registry_dir = Path(options.registry_dir or Path(settings.data_dir) / "registry")
-        pool = app.own(PolicyPool(base_model_path(settings)))  # closed after the HTTP drain
+        pool = PolicyPool(base_model_path(settings))
         router = Router(seed=options.canary_seed)
-        versions = VersionManager(pool, router, registry_dir, metrics, options.health_check_prompt,
-                                  options.canary_graduate_after_s, options.canary_fraction)
-        versions.start_from_registry()
-        app.add_consumer([MODEL_UPDATES], versions.handle, group_id=options.group_id,
-                         dead_letters=options.dead_letter_topic)
-        app.add_periodic("versions", 5.0, versions.tick)
         app.produces(OUTPUTS)
-        app.use_http_app(create_app(
+        http_app = create_app(
             pool=pool, router=router, metrics=metrics, registry=app.registry,
             served_model_name=options.served_model_name, max_tokens_default=options.max_tokens_default,
             max_tokens_limit=options.max_tokens_limit, max_n=options.max_n, max_body_bytes=options.max_body_bytes,
             producer=app.producer if options.capture else None, readiness=app.readiness, liveness=app.liveness,
             api_key=None if options.auth_disabled else token_or_generated(
                 options.api_key, Path(settings.data_dir) / "policy-server" / "api-key", "RLHF_POLICY_SERVER__API_KEY"),
-            serve_metrics=settings.http.metrics_port is None))
+            serve_metrics=settings.http.metrics_port is None, ab_share=options.ab_share,
+            ab_seed=options.ab_seed if options.ab_seed is not None else options.canary_seed,
+            ab_max_pending=options.ab_max_pending)
+        # Closed in reverse: after the HTTP drain the pool stops what is generating, then
+        # the A/B worker captures the picks it did not answer alone (the producer is last).
+        app.own(http_app.state.ab)
+        app.own(pool)
+        versions = VersionManager(pool, router, registry_dir, metrics, options.health_check_prompt,
+                                  options.canary_graduate_after_s, options.canary_fraction)
+        versions.start_from_registry()
+        app.add_consumer([MODEL_UPDATES], versions.handle, group_id=options.group_id,
+                         dead_letters=options.dead_letter_topic)
+        app.add_periodic("versions", 5.0, versions.tick)
+        app.use_http_app(http_app)
         log.info("policy-server: serving %s", options.served_model_name)
         app.run(stop)

@@ -18,7 +18,17 @@ class PolicyServerOptions(BaseModel):
     capture: bool = Field(default=True, description="capture every completion to rlhf.outputs")
     canary_seed: int | None = Field(default=None, description="fixes the canary draw (tests, replays)")
     canary_graduate_after_s: float = Field(
-        default=600.0, ge=0, description="a healthy canary takes all traffic after this long; 0 = never")
+        default=0.0, ge=0, description="a healthy canary takes all traffic after this long; 0 = never (the default: "
+        "the trainer's canary judge decides from blind A/B comparisons, with its own timeout; set it only where "
+        "no judge runs)")
+    ab_share: float = Field(
+        default=0.2, ge=0, le=1, description="share of captured n=1 requests to the served name that, while a "
+        "canary serves, the other version (canary or stable) answers too, after the response, for a blind A/B "
+        "comparison; the user gets only the routed answer")
+    ab_seed: int | None = Field(default=None, description="fixes the A/B draw (tests, replays); default canary_seed")
+    ab_max_pending: int = Field(
+        default=32, ge=1, description="A/B answers waiting to be generated; beyond it a pick is shed (its served "
+        "answer captured alone) so the extra generation never grows without bound")
     canary_fraction: float = Field(
         default=0.1, ge=0, le=1,
         description="share a promoted version found by reconciling with the registry starts with (its event was lost)")

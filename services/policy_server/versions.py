@@ -9,12 +9,19 @@ event would make every older version the canary in turn.
 promoted    -> reconcile: only the version the registry promotes now is started,
                with the event's `canary_fraction` (1.0 = all). A replayed event for
                another version, an older or a rolled-back one is ignored and counted.
+graduated   -> the trainer's canary judge decided: the canary takes all traffic. Not
+               served yet (its `promoted` was lost): reconciled, at all traffic, if
+               the registry still promotes it. A redelivery changes nothing.
 rolled_back -> if this replica serves that version: all traffic to the previous
                (last good) one. A rolled-back version is never served again.
 published   -> nothing: only promotion makes a version servable
 tick        -> reconcile too, so a lost event heals (a pointer two ticks saw; the
-               configured canary fraction); a canary that stays up
-               `canary_graduate_after_s` takes all traffic.
+               configured canary fraction), and follow what the registry says was
+               decided: a canary whose manifest holds the judge's `graduate` takes
+               all traffic, a served version the registry marks rolled back hands all
+               traffic to its last good version. So every replica converges on the
+               decision even when it missed the event. Without the judge a canary
+               that stays up `canary_graduate_after_s` (when set) takes all traffic.
 
 Starting a version: load the adapter beside the serving ones, health-check it with
 one short generation; a failure is counted and that version is not tried again. At
@@ -114,6 +121,8 @@ class VersionManager:
                                 "(policy-vNNNN)")
         if event.action == "promoted":
             self._on_promoted(event)
+        elif event.action == "graduated":
+            self._on_graduated(event)
         elif event.action == "rolled_back":
             self._on_rolled_back(event)
         self._metrics.set_shares(self._router.shares())
@@ -135,6 +144,28 @@ class VersionManager:
             return
         self._reconcile(event.canary_fraction)
 
+    def _on_graduated(self, event: ModelUpdate) -> None:
+        version = event.model_version
+        self._check_adapter_uri(event)
+        if self._router.routes.stable == version or self._graduate(version, "event"):
+            return  # graduated here already (a redelivery, or the tick read the decision first)
+        if not self._registry.root.is_dir():
+            raise DependencyUnavailable(f"registry {self._registry.root} is not mounted")
+        if not self._registry.complete("policy", version):
+            raise PoisonMessage(f"model_version: no adapter for {version!r} in the registry")
+        promoted = self._promoted()
+        if version != promoted:  # replayed history: a newer version is promoted since
+            self._decline(version, "not_promoted", f"the registry promotes {promoted or BASE_VERSION}")
+            return
+        self._reconcile(1.0)  # its promotion was never heard here: it starts at all traffic
+
+    def _graduate(self, version: str, source: str) -> bool:
+        if not self._router.graduate(version):
+            return False
+        log.info("canary %s graduated (%s): all traffic", version, source)
+        self._prune()
+        return True
+
     def _on_rolled_back(self, event: ModelUpdate) -> None:
         version = event.model_version
         self._rolled_back.add(version)
@@ -142,7 +173,12 @@ class VersionManager:
             log.info("rollback of %s: not served here, nothing to do", version)
             return
         previous = event.previous_version
+        routes = self._router.routes
         target = previous if previous and self._pool.has(previous) and previous != version else None
+        if target is None and routes.canary is None:
+            # the stable version, its last good one not loaded (this replica started on it,
+            # so the router's is the base): load the registry's, as the tick would
+            target = self._last_good_servable(version, routes.last_good, self._rolled_back_known())
         now_serving = self._router.rollback(target)
         self._metrics.rollbacks.labels("event").inc()
         log.warning("rolled back from %s: all traffic to %s", version, now_serving)
@@ -259,14 +295,74 @@ class VersionManager:
     # -- periodic: reconciliation and canary graduation ---------------------------------------
 
     def tick(self) -> None:
-        """The App runs this every few seconds: follow the registry, graduate a canary."""
+        """The App runs this every few seconds: follow the registry's promotion and
+        decisions, graduate a canary on the timer (deployments without the judge)."""
         with self._lock:
             self._reconcile_on_tick()
+            self._follow_decisions()
             graduated = self._router.graduate_if_due(self._graduate_after_s)
             if graduated:
-                log.info("canary %s graduated: all traffic", graduated)
+                log.info("canary %s graduated (timer): all traffic", graduated)
                 self._prune()
             self._metrics.set_shares(self._router.shares())
+
+    def _follow_decisions(self) -> None:
+        """The registry holds what was decided (the trainer writes it before it sends
+        the event): read every tick, a lost `graduated` or `rolled_back` still reaches
+        this replica, and a redelivered one finds it done."""
+        if not self._registry.root.is_dir():
+            return
+        try:
+            self._roll_back_marked()
+            canary = self._router.routes.canary
+            if canary is not None and (self._decision(canary) or {}).get("outcome") == "graduate":
+                self._graduate(canary, "registry")
+        except DependencyUnavailable as error:
+            log.warning("following the registry's canary decisions skipped: %s", error)
+
+    def _roll_back_marked(self) -> None:
+        """A served version the registry marks rolled back: its traffic to the last good
+        version (a canary's to the stable one; a stable one's along its parents)."""
+        marked = self._rolled_back_versions()
+        routes = self._router.routes
+        if not {routes.stable, routes.canary} & marked:
+            return
+        if routes.canary is not None and routes.canary in marked:
+            self._router.rollback()
+            self._metrics.rollbacks.labels("registry").inc()
+            log.warning("canary %s is rolled back in the registry: all traffic to %s", routes.canary, routes.stable)
+            routes = self._router.routes
+        if routes.stable in marked:
+            target = self._last_good_servable(routes.stable, routes.last_good, marked)
+            self._router.rollback(target)
+            self._metrics.rollbacks.labels("registry").inc()
+            log.warning("%s is rolled back in the registry: all traffic to %s", routes.stable, target)
+        self._prune()
+
+    def _last_good_servable(self, version: str, router_last_good: str, marked: set[str]) -> str:
+        """The registry's last good version of `version` that loads and answers, down to
+        the base; the router's own last good one when the registry cannot say."""
+        try:
+            target = self._registry.last_good("policy", version)
+        except (OSError, ValueError):
+            log.exception("cannot read the parent of %s; using the last good version served here", version)
+            target = router_last_good if router_last_good not in marked | {version} else None
+        while target is not None and not (self._pool.has(target) or self._startable(target)):
+            target = self._last_good(target)
+        return target or BASE_VERSION
+
+    def _rolled_back_known(self) -> set[str]:
+        """The rolled-back versions, or those heard by event when the registry cannot say."""
+        try:
+            return self._rolled_back_versions()
+        except DependencyUnavailable:
+            return set(self._rolled_back)
+
+    def _decision(self, version: str) -> dict[str, object] | None:
+        try:
+            return self._registry.canary_decision("policy", version)
+        except (OSError, ValueError) as error:
+            raise DependencyUnavailable(f"manifest of {version} unreadable: {error!r}") from error
 
     def _reconcile_on_tick(self) -> None:
         """Act on a pointer only once two ticks saw it: one that has just moved has its

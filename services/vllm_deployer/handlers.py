@@ -5,6 +5,8 @@ the adapter is loaded already (done), unloading an adapter vLLM does not have is
 (done); an unreachable vLLM or a 5xx is a dependency outage (the update waits and is
 retried, never dead-lettered). Which adapters are loaded is read back from vLLM's
 `/v1/models` before the first update, so a restarted deployer still prunes the oldest.
+`graduated` (the canary takes all traffic) needs nothing from vLLM: the adapter is
+loaded since its promotion and stays so.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class VllmDeployer:
             while len(loaded) > self._options.keep_versions:
                 self._call_all("/v1/unload_lora_adapter", {"lora_name": loaded[0]})
                 loaded.popleft()
+        elif event.action == "graduated":
+            # vLLM serves every loaded adapter under its own name; which one takes the
+            # traffic is the router's choice, not vLLM's: nothing to load, and the
+            # graduated adapter stays loaded (it is the one being served now).
+            log.info("%s graduated: adapter stays loaded", event.model_version)
         elif event.action == "rolled_back" and event.model_version in loaded:
             self._call_all("/v1/unload_lora_adapter", {"lora_name": event.model_version})
             loaded.remove(event.model_version)

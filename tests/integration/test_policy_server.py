@@ -86,7 +86,8 @@ class Clock:
 
 class Server:
     def __init__(self, registry_dir: Path, kafka: KafkaSettings | None, seed: int = 7,
-                 graduate_after_s: float = 0, clock: Clock | None = None, **versions: Any) -> None:
+                 graduate_after_s: float = 0, clock: Clock | None = None, ab_share: float = 0.0,
+                 **versions: Any) -> None:
         self.registry = CollectorRegistry()
         self.metrics = PolicyServerMetrics(self.registry)
         self.model_registry = ModelRegistry(registry_dir)
@@ -97,7 +98,7 @@ class Server:
         self.producer = EventProducer(kafka) if kafka else None
         self.app = create_app(pool=self.pool, router=self.router, metrics=self.metrics, registry=self.registry,
                               served_model_name="rlhf-policy", max_tokens_default=8, max_tokens_limit=32, max_n=5,
-                              producer=self.producer, readiness={})
+                              producer=self.producer, readiness={}, ab_share=ab_share, ab_seed=seed)
 
     def apply(self, event: ModelUpdate) -> None:
         self.versions.handle(event, None)  # type: ignore[arg-type]

@@ -86,3 +86,32 @@ def test_unloading_an_adapter_vllm_no_longer_has_is_done_whatever_its_404_says()
         stub.state.loaded.clear()  # vLLM restarted and lost it
         deployer.handle(promoted("policy-v0002"), None)  # prunes v1: a 404 "Not Found" is done
     assert ("unload", "policy-v0001") in stub.state.calls
+
+
+def test_graduation_keeps_the_adapter_loaded_and_calls_nothing(
+    kafka: KafkaSettings, make_topic: Callable[..., Topic], group_id: str, producer: EventProducer,
+    start_loop: Callable[..., LoopThread],
+) -> None:
+    """`graduated` (the canary judge's decision) moves traffic in the router, not in
+    vLLM: accepted, never dead-lettered, the adapter stays loaded, redelivery too."""
+    stub = create_vllm_stub()
+    topic = make_topic(ModelUpdate)
+    graduated = ModelUpdate(event_id=model_update_id_for("policy-v0002", "graduated"), model_version="policy-v0002",
+                            action="graduated", base_model="smollm2", previous_version="policy-v0001",
+                            adapter_uri="file:///registry/policy/policy-v0002")
+    with serve(stub) as base_v1:
+        deployer = VllmDeployer(VllmDeployerOptions(base_urls=[base_v1.removesuffix("/v1")], adapter_root="/r",
+                                                    keep_versions=2))
+        runner = start_loop([topic], group_id, deployer.handle)
+        for event in [promoted("policy-v0001"), promoted("policy-v0002"), graduated, graduated,
+                      promoted("policy-v0003")]:
+            producer.send(topic, event)
+        producer.flush()
+        assert wait_for(lambda: ("load", "policy-v0003") in stub.state.calls)
+        runner.join()
+    assert stub.state.calls == [("load", "policy-v0001"), ("load", "policy-v0002"), ("load", "policy-v0003"),
+                                ("unload", "policy-v0001")]
+    assert sorted(stub.state.loaded) == ["policy-v0002", "policy-v0003"]
+    for reason in ("poison", "retries_exhausted"):
+        assert runner.metric("rlhf_messages_dead_lettered_total", topic=topic.name, group=group_id,
+                             reason=reason) == 0
