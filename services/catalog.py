@@ -26,7 +26,9 @@ EMBEDDED_LOOP: tuple[str, ...] = (
 
 # Settings that make the embedded demo complete cycles in minutes on a 2-core laptop
 # (docs/trainer.md, "Choosing the defaults", has the measurements): every output
-# sampled, training at 40 new preferences, a canary that graduates quickly, consumers
+# sampled, training at 40 new preferences, a canary judged on few blind comparisons
+# (looser error rates, half the requests answered by both versions, a 15-minute
+# timeout that graduates), consumers
 # that poll the embedded broker less often (their idle polling costs CPU that training
 # needs). A variable already set in the environment wins.
 DEMO_ENV: dict[str, str] = {
@@ -37,7 +39,11 @@ DEMO_ENV: dict[str, str] = {
     "RLHF_TRAINER__CHECK_INTERVAL_S": "5",
     "RLHF_KAFKA__FETCH_MAX_WAIT_MS": "500",
     "RLHF_TRAINER__CANARY_FRACTION": "0.5",
-    "RLHF_POLICY_SERVER__CANARY_GRADUATE_AFTER_S": "30",
+    "RLHF_POLICY_SERVER__AB_SHARE": "0.5",
+    "RLHF_TRAINER__CANARY_JUDGE__MIN_COMPARISONS": "8",
+    "RLHF_TRAINER__CANARY_JUDGE__FALSE_GRADUATION_RATE": "0.1",
+    "RLHF_TRAINER__CANARY_JUDGE__FALSE_ROLLBACK_RATE": "0.1",
+    "RLHF_TRAINER__CANARY_JUDGE__MAX_DURATION_S": "900",
     "RLHF_POLICY_SERVER__CANARY_FRACTION": "0.5",  # a promotion found by reconciliation (its event lost)
     "RLHF_POLICY_SERVER__MAX_TOKENS_DEFAULT": "48",
     "RLHF_DEMO__REQUESTS_PER_S": "1.0",

@@ -35,6 +35,26 @@ def argilla_down(samples: Samples) -> bool:
     return any(value == 0 for _labels, value in samples.get("rlhf_annotation_argilla_up", []))
 
 
+def gauge(samples: Samples, name: str, **labels: str) -> float | None:
+    values = [v for l, v in samples.get(name, []) if all(l.get(k) == w for k, w in labels.items())]
+    return values[0] if values else None
+
+
+def canary_ab(samples: Samples) -> str:
+    """The live A/B of a canary (the trainer's judge), or its last decision."""
+    decisions = {(l["outcome"], l["reason"]): int(v) for l, v in samples.get("rlhf_canary_decisions_total", [])
+                 if v > 0}
+    last = ", ".join(f"{n} {outcome} ({reason})" for (outcome, reason), n in sorted(decisions.items()))
+    if not gauge(samples, "rlhf_canary_live"):
+        return f" | canary decisions: {last}" if last else ""
+    wins, losses, ties = (int(gauge(samples, "rlhf_canary_ab_comparisons", outcome=o) or 0)
+                          for o in ("win", "loss", "tie"))
+    llr = gauge(samples, "rlhf_canary_ab_log_likelihood_ratio") or 0.0
+    not_worse = gauge(samples, "rlhf_canary_ab_prob_not_worse") or 0.0
+    return (f" | canary A/B {wins}W {losses}L {ties}T, llr {llr:+.2f}, P(not worse) {not_worse:.0%}: judging"
+            + (f" (decided before: {last})" if last else ""))
+
+
 def status_line(samples: Samples) -> str:
     # The trainer's durable history: a restarted trainer still shows every run.
     runs = {o: total(samples, "rlhf_trainer_runs_recorded", state=o) for o in ("succeeded", "gated", "failed")}
@@ -58,6 +78,7 @@ def status_line(samples: Samples) -> str:
         f"{' (training now)' if total(samples, 'rlhf_trainer_run_active') else ''}"
         f" | promoted {promoted[0] if promoted else '-'}"
         f" | serving {', '.join(f'{version} {share:.0%}' for share, version in serving) or '-'}"
+        + canary_ab(samples)
         + (f" | RM agrees with new rankings {agreement[0][1]:.0%}" if agreement else "")
         + "".join(f" | {version} vs base {rate:.0%} (p={p_values.get(version, 1.0):.2g},"
                   f" {int(probe_n.get(version, 0))} held-out prompts)" for version, rate in probe.items())

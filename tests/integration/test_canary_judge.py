@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.bus import EventProducer
 from shared.contracts import ModelUpdate, model_update_id_for
 from shared.settings import KafkaSettings
 from shared.topics import Topic
+from services.status import Samples, status_line
 from services.trainer.registry import ModelRegistry
 from services.trainer.service import run_service
 from tests import factories
@@ -63,6 +65,15 @@ def trainer(tmp_path: Path, kafka: KafkaSettings, **judge: Any) -> Iterator[Coll
     assert not thread.is_alive()
 
 
+def status_of(metrics: CollectorRegistry) -> str:
+    """The status line `rlhf-loop up` prints, from the trainer's own exposition."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(generate_latest(metrics).decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return status_line(samples)
+
+
 def updates(kafka: KafkaSettings, topics: dict[str, Topic], action: str, timeout_s: float = 20) -> list[ModelUpdate]:
     found: list[ModelUpdate] = []
 
@@ -101,6 +112,7 @@ def test_a_canary_the_annotators_prefer_graduates_before_any_timer(
         judged(producer, trainer_topics["comparisons"], ["canary", "stable", "canary"])  # redelivery
         assert wait_for(lambda: metrics.get_sample_value("rlhf_canary_ab_comparisons", {"outcome": "win"}) == 2)
         assert not updates(kafka, trainer_topics, "graduated", timeout_s=2)  # 3 < min_comparisons
+        assert "canary A/B 2W 1L 0T" in status_of(metrics) and ": judging" in status_of(metrics)
         judged(producer, trainer_topics["comparisons"], ["canary"] * 20 + ["tie"] * 2, start=3)
         [graduated] = updates(kafka, trainer_topics, "graduated")
         decision = graduated.decision
@@ -114,6 +126,7 @@ def test_a_canary_the_annotators_prefer_graduates_before_any_timer(
         assert registry.pointer("policy", "promoted") == CANARY
         assert metrics.get_sample_value("rlhf_canary_decisions_total",
                                         {"outcome": "graduate", "reason": "evidence"}) == 1
+        assert wait_for(lambda: "canary decisions: 1 graduate (evidence)" in status_of(metrics))
         judged(producer, trainer_topics["comparisons"], ["stable"] * 30, start=100)  # after the decision
         assert not updates(kafka, trainer_topics, "rolled_back", timeout_s=3)
 

@@ -26,13 +26,12 @@ from shared.settings import KafkaSettings
 from shared.topics import OUTPUTS
 from tests.conftest import read_topic, wait_for
 from tests.helpers.openai_stub import serve
-from tests.integration.test_policy_server import (  # noqa: F401 - fixtures
-    Clock,
-    Server,
-    policy_models,
-    registry_dir,
-    update,
-)
+from tests.integration import test_policy_server as base
+from tests.integration.test_policy_server import Clock, Server, update
+
+# the policy server's fixtures (tiny base model and a registry of adapters), shared
+policy_models = base.policy_models
+registry_dir = base.registry_dir
 
 pytestmark = pytest.mark.integration
 
