@@ -29,7 +29,7 @@ def summarize(event: Event, record: ConsumerRecord) -> dict[str, object]:
         value = getattr(event, field, None)
         if value is not None:
             summary[field] = value
-    for field in ("state", "stage", "action"):
+    for field in ("state", "stage", "action", "outcome", "canary_version", "source"):
         value = getattr(event, field, None)
         if value is not None:
             summary[field] = value
