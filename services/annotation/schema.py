@@ -55,13 +55,15 @@ class Layout:
     terms_metadata: tuple[str, ...] = TERMS_METADATA
     float_metadata: tuple[str, ...] = FLOAT_METADATA
     extra_metadata: bool = True  # off: Argilla refuses any metadata not declared above
+    question_title: str = "Rank the answers, best first (ties allowed)"
 
     @classmethod
     def comparison(cls, rationale: bool, min_submitted: int) -> "Layout":
         """The blind A/B layout: two answers, no rating axes (the question is only
         which answer is better), declared non-revealing metadata only."""
         return cls(k=2, rating_axes=(), rationale=rationale, min_submitted=min_submitted,
-                   terms_metadata=COMPARISON_METADATA, float_metadata=(), extra_metadata=False)
+                   terms_metadata=COMPARISON_METADATA, float_metadata=(), extra_metadata=False,
+                   question_title="Which answer is better? The better one at 1; both at 1 if neither is")
 
     @property
     def answer_fields(self) -> list[str]:
@@ -75,7 +77,7 @@ class Layout:
                    for i, name in enumerate(self.answer_fields)]
         questions: list[object] = [rg.RankingQuestion(
             name=RANK_QUESTION,
-            title="Rank the answers, best first (ties allowed)",
+            title=self.question_title,
             values={name: f"Answer {LETTERS[i]}" for i, name in enumerate(self.answer_fields)},
             required=True,
             client=client,
