@@ -72,8 +72,9 @@ def test_poison_on_every_topic_lands_in_each_consumers_dead_letters(whole_loop: 
     consumers = {  # dead-letter topic -> (group, the topics it reads)
         dead_letter_topic("event-logger"): ("event-logger", {t.name for t in LOOP_TOPICS}),
         dead_letter_topic("sampler"): ("sampler", {"rlhf.outputs"}),
-        # model-updates: the trainer follows rolled_back events
-        dead_letter_topic("trainer"): ("trainer", {"rlhf.outputs", "rlhf.preferences", "rlhf.model-updates"}),
+        # model-updates: the trainer follows promotions and rollbacks; comparisons: its canary judge
+        dead_letter_topic("trainer"): ("trainer", {"rlhf.outputs", "rlhf.preferences", "rlhf.model-updates",
+                                                   "rlhf.comparisons"}),
         dead_letter_topic("annotation"): ("annotation", {"rlhf.ranking-tasks"}),
         # one group per replica, one declared topic for all of them
         "rlhf.dlq.policy-server": (f"policy-server-{socket.gethostname()}", {"rlhf.model-updates"}),
