@@ -59,7 +59,7 @@ BatchObserver = Callable[[str, int, int], None]  # version, requests, rows of on
 
 class PolicyPool:
     def __init__(self, base_model: Path, device: str | None = None, max_batch_size: int = 8,
-                 batch_window_ms: float = 5.0, on_batch: BatchObserver | None = None) -> None:
+                 batch_window_ms: float = 25.0, on_batch: BatchObserver | None = None) -> None:
         """`max_batch_size`: rows (n per request) generated together; 1 = one request
         at a time. `batch_window_ms`: how long the oldest queued request waits for
         others to join. `on_batch`: told of every batch (metrics)."""
