@@ -23,6 +23,7 @@ SUITE = [
     "bench.annotation_throughput",
     "bench.trainer_throughput",
     "bench.policy_server_throughput",
+    "bench.policy_server_concurrency",
     "bench.policy_algorithms",
     "bench.loop_efficacy",
 ]
@@ -70,6 +71,14 @@ def rows() -> list[tuple[str, str, str, str]]:
     for model, values in policy.items():
         out.append((f"policy server {model} vs model.generate", f"{values['raw_tokens_per_s']:.1f} tok/s",
                     f"{values['our_tokens_per_s']:.1f} tok/s", f"{values['ratio']:.2f}"))
+    concurrency = load("policy_server_concurrency").get("results", {})
+    if "8" in concurrency:
+        eight = concurrency["8"]
+        out.append(("policy server 8 clients, batched vs serial server", f"{eight['serial']['tokens_per_s']:.1f} tok/s",
+                    f"{eight['batched']['tokens_per_s']:.1f} tok/s", f"{eight['ratios']['batched_vs_serial']:.2f}"))
+        out.append(("policy server 8 clients, batched vs raw batched generate",
+                     f"{eight['raw_batched_generate']['tokens_per_s']:.1f} tok/s",
+                     f"{eight['batched']['tokens_per_s']:.1f} tok/s", f"{eight['ratios']['batched_vs_raw']:.2f}"))
     return out
 
 

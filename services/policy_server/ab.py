@@ -4,8 +4,8 @@ For `share` of the requests that can be compared (captured, asking the served na
 while a canary is live) the version that did not answer, canary or stable, answers the
 same prompt with the same sampling parameters. The user gets only the routed answer and
 never waits for the other: it is generated afterwards on one worker thread of its own
-(generation is serialised anyway, and a thread of the event loop's default pool held
-by an A/B generation would be one a user's request cannot have), from a bounded queue
+(one at a time: it joins the users' batches, and a thread of the event loop's default
+pool held by an A/B generation would be one a user's request cannot have), from a bounded queue
 (a pick beyond it is shed: the extra load of A/B can never grow without bound). The
 pair is captured as one output; when the other answer fails or is shed, the served one
 is captured alone, as for any request: A/B never costs the loop a captured answer. A

@@ -1,7 +1,9 @@
 """OpenAI-compatible HTTP API: /v1/chat/completions (streaming or not), /v1/models.
 
-Generation runs in a worker thread so the event loop keeps serving probes and
-metrics. Every completion is captured to rlhf.outputs after the response is built,
+Generation runs off the event loop so it keeps serving probes and metrics: a request
+is queued for the pool's next batch (models.py, batching.py) and awaited without
+holding a thread (the default pool's few threads would cap how many requests can wait
+to be batched together); a stream is generated on a thread of its own. Every completion is captured to rlhf.outputs after the response is built,
 without waiting for the broker: capture can fail, the user's request cannot. A
 request with `"store": false` is served and not captured. While a canary serves, a
 share of requests is answered by the other version too, after the response, for a
@@ -16,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
@@ -105,10 +108,17 @@ def create_app(
             return request.model, None
         raise HTTPException(status_code=404, detail=f"model {request.model!r} not found")
 
+    def submit(request: ChatRequest, version: str) -> Future[list[Generation]]:
+        return pool.submit([m.model_dump() for m in request.messages], version, n=request.n,
+                           max_tokens=min(request.max_tokens or max_tokens_default, max_tokens_limit),
+                           temperature=request.temperature, top_p=request.top_p, seed=request.seed)
+
     def run(request: ChatRequest, version: str) -> list[Generation]:
-        return pool.generate([m.model_dump() for m in request.messages], version, n=request.n,
-                             max_tokens=min(request.max_tokens or max_tokens_default, max_tokens_limit),
-                             temperature=request.temperature, top_p=request.top_p, seed=request.seed)
+        return submit(request, version).result()
+
+    async def generate(request: ChatRequest, version: str) -> list[Generation]:
+        """Tokenized on a worker thread, then awaited in the queue with no thread held."""
+        return await asyncio.wrap_future(await asyncio.to_thread(submit, request, version))
 
     ab = ABWorker(run, capturing, metrics, ab_max_pending)
     app.state.ab = ab
@@ -158,10 +168,10 @@ def create_app(
             return StreamingResponse(stream_live(request, version, completion_id, started, pick),
                                      media_type="text/event-stream")
         try:
-            generations = await asyncio.to_thread(run, request, version)
+            generations = await generate(request, version)
         except KeyError:  # the version was unloaded between routing and generation
             version, pick = router.choose(), None  # the routes changed: that pick's pair is gone
-            generations = await asyncio.to_thread(run, request, version)
+            generations = await generate(request, version)
         except ShuttingDown as stopped:
             metrics.requests.labels(version, "shutting_down").inc()
             return JSONResponse(status_code=503, headers={"Retry-After": "1"}, content={"error": {

@@ -7,6 +7,7 @@ IGNORED_REASONS = ("not_promoted", "older", "rolled_back")
 CAPTURE_OUTCOMES = ("ok", "error", "not_stored")
 AB_RESULTS = ("ok", "error")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 class PolicyServerMetrics:
@@ -35,6 +36,10 @@ class PolicyServerMetrics:
             "rlhf_policy_ab_pairs", "A/B answers of a canary and the stable version to one prompt, by result (ok: "
             "captured as a pair; error: the other answer failed or was shed, the served one captured alone).",
             ["result"], registry=registry)
+        self.batch_size = Histogram(
+            "rlhf_policy_batch_size", "Requests generated together in one batched generate call, by version (its "
+            "count is the number of batches; a request of n answers is one request and n rows).",
+            ["version"], buckets=BATCH_BUCKETS, registry=registry)
 
         # Fixed label values are exported at 0 from the start: an alert on increase() sees
         # the first rollback, and a panel shows 0 instead of "no data".
@@ -46,6 +51,10 @@ class PolicyServerMetrics:
             self.captured.labels(outcome)
         for result in AB_RESULTS:
             self.ab_pairs.labels(result)
+
+    def observe_batch(self, version: str, requests: int, _rows: int) -> None:
+        """The pool's `on_batch`."""
+        self.batch_size.labels(version).observe(requests)
 
     def set_shares(self, shares: dict[str, float]) -> None:
         self.share.clear()

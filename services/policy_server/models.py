@@ -1,27 +1,39 @@
 """The base policy with its LoRA adapters, one per served version.
 
-PEFT switches adapters on the model object itself, so generation is serialised by a
-lock: one request's adapter can never leak into another's. Loading a new adapter
-happens beside the serving ones and only then becomes routable, so a reload never
-drops a request in flight.
+PEFT switches adapters on the model object itself, so the model is used under a lock:
+one batch's adapter can never leak into another's. Concurrent requests are generated
+together (batching.py: who joins which batch; batch_decode.py: one batched generate
+with per-request sampling parameters), one version per batch: peft 0.21 can mix
+adapters in one pass (`generate(adapter_names=...)`), but a batch per version keeps a
+row's computation what it is alone and the adapter switching as it was, and a canary
+takes a small share of traffic, so its requests rarely have company anyway. With
+`max_batch_size=1` every request is generated alone, as before batching. A stream
+(`stream`, n=1) is generated alone too, between batches: its tokens go out as they
+are produced. Loading a new adapter happens beside the serving ones and only then
+becomes routable, so a reload never drops a request in flight; requests queued for a
+version unloaded meanwhile fail with KeyError (the API routes them again).
 
 `close()` is for shutdown: generation cannot be cancelled from outside its thread, and
-a request still generating (or waiting for the lock) after the drain period would
-hold the process past its grace period and be killed. Closing stops every generation
-at its next token and refuses new ones with `ShuttingDown` (503 to the client, who
-retries on another replica); nothing half-generated is ever returned as an answer.
+a request still generating (or queued) after the drain period would hold the process
+past its grace period and be killed. Closing stops every generation at its next token
+and refuses queued and new ones with `ShuttingDown` (503 to the client, who retries on
+another replica); nothing half-generated is ever returned as an answer.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .batch_decode import Generation, Sampling, finish, generate_batch
+from .batching import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +42,6 @@ BASE_VERSION = "base"
 
 class ShuttingDown(RuntimeError):
     """The pool was closed: this generation was stopped or never started."""
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    finish_reason: str
-    completion_tokens: int
 
 
 @dataclass
@@ -49,8 +54,15 @@ class StreamedGeneration:
     error: BaseException | None = None
 
 
+BatchObserver = Callable[[str, int, int], None]  # version, requests, rows of one batch
+
+
 class PolicyPool:
-    def __init__(self, base_model: Path, device: str | None = None) -> None:
+    def __init__(self, base_model: Path, device: str | None = None, max_batch_size: int = 8,
+                 batch_window_ms: float = 25.0, on_batch: BatchObserver | None = None) -> None:
+        """`max_batch_size`: rows (n per request) generated together; 1 = one request
+        at a time. `batch_window_ms`: how long the oldest queued request waits for
+        others to join. `on_batch`: told of every batch (metrics)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,10 +76,26 @@ class PolicyPool:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._stop_when_closed = _StopWhenClosed(self._closed)
+        self._on_batch = on_batch
+        self._batcher = Batcher(self._run_batch, max_batch_size, batch_window_ms / 1000)
 
     def close(self) -> None:
         """Stop every generation at its next token; refuse new ones (see module doc)."""
         self._closed.set()
+        self._batcher.close(ShuttingDown("the policy server is shutting down"))
+
+    @property
+    def batch_window_ms(self) -> float:
+        return self._batcher.window_s * 1000
+
+    @batch_window_ms.setter
+    def batch_window_ms(self, value: float) -> None:
+        """Takes effect from the next batch (tests set up versions, then widen it)."""
+        self._batcher.window_s = max(0.0, value) / 1000
+
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return self._batcher.queued()
 
     @property
     def versions(self) -> list[str]:
@@ -110,23 +138,31 @@ class PolicyPool:
 
     def generate(self, messages: list[dict[str, str]], version: str, n: int, max_tokens: int,
                  temperature: float, top_p: float, seed: int | None = None) -> list[Generation]:
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                    return_dict=True)
-        input_ids = prompt["input_ids"].to(self.device)
-        attention = prompt["attention_mask"].to(self.device)
-        sample = temperature > 0
+        """n answers, generated in a batch with whatever else is queued (blocks)."""
+        return self.submit(messages, version, n, max_tokens, temperature, top_p, seed).result()
+
+    def submit(self, messages: list[dict[str, str]], version: str, n: int, max_tokens: int,
+               temperature: float, top_p: float, seed: int | None = None) -> Future[list[Generation]]:
+        """Queue a request for the next batch of its version; the future holds its n
+        answers. The prompt is tokenized here, on the caller's thread, beside the batch
+        that is generating. Raises KeyError (version not loaded) or ShuttingDown at
+        once; the future fails with them when it happens while queued."""
+        self._refuse_if_closed()
+        if not self.has(version):
+            raise KeyError(f"version {version!r} is not loaded")
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+        sampling = Sampling(list(prompt["input_ids"]), n, max_tokens, temperature, top_p, seed)
+        return self._batcher.submit(version, sampling)
+
+    def _run_batch(self, version: str, requests: list[Sampling]) -> list[list[Generation]]:
+        """The batcher's thread: one batch of one version, under the model lock."""
         with self._lock, self._adapter(version), torch.no_grad():
             self._refuse_if_closed()
-            if seed is not None:
-                torch.manual_seed(seed)
-            output = self._model.generate(
-                input_ids=input_ids, attention_mask=attention, max_new_tokens=max_tokens,
-                do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
-                num_return_sequences=n, pad_token_id=self.tokenizer.pad_token_id,
-                stopping_criteria=[self._stop_when_closed],
-            )
+            answers = generate_batch(self._model, self.tokenizer, self.device, requests, [self._stop_when_closed])
             self._refuse_if_closed()
-        return [self._finish(row.tolist()) for row in output[:, input_ids.shape[1]:]]
+        if self._on_batch is not None:
+            self._on_batch(version, len(requests), sum(r.n for r in requests))
+        return answers
 
     def stream(self, messages: list[dict[str, str]], version: str, max_tokens: int, temperature: float,
                top_p: float, seed: int | None = None) -> tuple[Iterator[str], StreamedGeneration]:
@@ -156,7 +192,7 @@ class PolicyPool:
                         top_p=top_p if sample else None, pad_token_id=self.tokenizer.pad_token_id, streamer=streamer,
                         stopping_criteria=[self._stop_when_closed])
                     self._refuse_if_closed()
-                final = self._finish(output[0, input_ids.shape[1]:].tolist())
+                final = finish(output[0, input_ids.shape[1]:].tolist(), self.tokenizer)
                 result.finish_reason, result.completion_tokens = final.finish_reason, final.completion_tokens
             except BaseException as error:  # surfaced to the consumer of the stream
                 result.error = error
@@ -179,15 +215,6 @@ class PolicyPool:
     def _refuse_if_closed(self) -> None:
         if self._closed.is_set():
             raise ShuttingDown("the policy server is shutting down")
-
-    def _finish(self, tokens: list[int]) -> Generation:
-        eos = self.tokenizer.eos_token_id
-        finished = eos in tokens
-        if finished:
-            tokens = tokens[: tokens.index(eos)]
-        tokens = [t for t in tokens if t != self.tokenizer.pad_token_id]
-        return Generation(self.tokenizer.decode(tokens, skip_special_tokens=True),
-                          "stop" if finished else "length", len(tokens))
 
     @contextmanager
     def _adapter(self, version: str) -> Iterator[None]:

@@ -43,7 +43,8 @@ def main(stop: threading.Event) -> None:
     with App("policy-server", settings, producer_max_block_ms=100, http_graceful_s=drain_s) as app:
         metrics = PolicyServerMetrics(app.registry)
         registry_dir = Path(options.registry_dir or Path(settings.data_dir) / "registry")
-        pool = PolicyPool(base_model_path(settings))
+        pool = PolicyPool(base_model_path(settings), max_batch_size=options.max_batch_size,
+                          batch_window_ms=options.batch_window_ms, on_batch=metrics.observe_batch)
         router = Router(seed=options.canary_seed)
         app.produces(OUTPUTS)
         http_app = create_app(

@@ -14,6 +14,12 @@ class PolicyServerOptions(BaseModel):
     max_tokens_default: int = Field(default=64, ge=1)
     max_tokens_limit: int = Field(default=512, ge=1)
     max_n: int = Field(default=5, ge=1, le=16)
+    max_batch_size: int = Field(
+        default=8, ge=1, le=256, description="rows (a request is n rows) generated together in one batch; 1 = one "
+        "request at a time (no batching)")
+    batch_window_ms: float = Field(
+        default=25.0, ge=0, le=1000, description="how long the oldest queued request waits for others to join its "
+        "batch; requests arriving while a batch runs join the next one anyway")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger request bodies get 413")
     capture: bool = Field(default=True, description="capture every completion to rlhf.outputs")
     canary_seed: int | None = Field(default=None, description="fixes the canary draw (tests, replays)")

@@ -87,11 +87,12 @@ class Clock:
 class Server:
     def __init__(self, registry_dir: Path, kafka: KafkaSettings | None, seed: int = 7,
                  graduate_after_s: float = 0, clock: Clock | None = None, ab_share: float = 0.0,
-                 **versions: Any) -> None:
+                 max_batch_size: int = 8, batch_window_ms: float = 5.0, **versions: Any) -> None:
         self.registry = CollectorRegistry()
         self.metrics = PolicyServerMetrics(self.registry)
         self.model_registry = ModelRegistry(registry_dir)
-        self.pool = PolicyPool(registry_dir / "base")
+        self.pool = PolicyPool(registry_dir / "base", max_batch_size=max_batch_size, batch_window_ms=batch_window_ms,
+                               on_batch=self.metrics.observe_batch)
         self.router = Router(seed=seed, clock=clock or Clock())
         self.versions = VersionManager(self.pool, self.router, registry_dir, self.metrics, "hi", graduate_after_s,
                                        **versions)

@@ -1,0 +1,90 @@
+"""The batch scheduler alone (no model): who joins which batch, per version, within
+the row limit, the oldest first; closing and cancellation."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import CancelledError
+
+import pytest
+
+from services.policy_server.batch_decode import Generation, Sampling
+from services.policy_server.batching import Batcher
+
+
+class Recorder:
+    """A `run` that records every batch and waits for the test to release it."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[int]]] = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.fail: BaseException | None = None
+
+    def __call__(self, version: str, requests: list[Sampling]) -> list[list[Generation]]:
+        self.batches.append((version, [r.prompt_ids[0] for r in requests]))
+        self.started.set()
+        assert self.release.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        return [[Generation(f"{version}:{r.prompt_ids[0]}:{i}", "stop", 1) for i in range(r.n)] for r in requests]
+
+
+def request(tag: int, n: int = 1) -> Sampling:
+    return Sampling([tag], n, 4, 0.0, 1.0)
+
+
+def test_requests_queued_while_a_batch_runs_form_the_next_batches_per_version_within_the_row_limit() -> None:
+    run = Recorder()
+    batcher = Batcher(run, max_rows=4, window_s=0.0)
+    first = batcher.submit("a", request(0))
+    assert run.started.wait(5)  # generating: everything below queues behind it
+    futures = [batcher.submit(version, request(tag, n)) for tag, version, n in
+               [(1, "a", 1), (2, "b", 1), (3, "a", 3), (4, "a", 2), (5, "b", 1), (6, "a", 1)]]
+    run.release.set()
+    answers = [f.result(10) for f in [first, *futures]]
+    assert run.batches == [("a", [0]),
+                           ("a", [1, 3]),  # 1 + 3 rows fill it; 4 (2 rows) no longer fits
+                           ("b", [2, 5]),  # the oldest left is b's
+                           ("a", [4, 6])]
+    assert answers[3] == [Generation("a:3:0", "stop", 1), Generation("a:3:1", "stop", 1),
+                          Generation("a:3:2", "stop", 1)]
+
+
+def test_a_request_larger_than_the_limit_runs_alone_and_a_failure_fails_its_whole_batch() -> None:
+    run = Recorder()
+    run.release.set()
+    batcher = Batcher(run, max_rows=2, window_s=0.0)
+    assert len(batcher.submit("a", request(0, n=5)).result(10)) == 5
+    run.fail = KeyError("version 'a' is not loaded")
+    with pytest.raises(KeyError):
+        batcher.submit("a", request(1)).result(10)
+
+
+def test_the_window_waits_for_company_and_a_full_batch_does_not_wait() -> None:
+    run = Recorder()
+    run.release.set()
+    batcher = Batcher(run, max_rows=3, window_s=30.0)
+    futures = [batcher.submit("a", request(tag)) for tag in range(3)]  # full at once: no 30 s wait
+    assert [f.result(5)[0].text for f in futures] == ["a:0:0", "a:1:0", "a:2:0"]
+    assert run.batches == [("a", [0, 1, 2])]
+
+
+def test_closing_fails_what_is_queued_refuses_new_requests_and_cancelled_ones_are_dropped() -> None:
+    run = Recorder()
+    batcher = Batcher(run, max_rows=1, window_s=0.0)
+    generating = batcher.submit("a", request(0))
+    assert run.started.wait(5)
+    cancelled, queued = batcher.submit("a", request(1)), batcher.submit("a", request(2))
+    assert cancelled.cancel()
+    assert batcher.queued() == 2
+    batcher.close(RuntimeError("closing"))
+    with pytest.raises(RuntimeError, match="closing"):
+        queued.result(5)
+    with pytest.raises(CancelledError):
+        cancelled.result(5)
+    with pytest.raises(RuntimeError, match="closing"):
+        batcher.submit("a", request(3))
+    run.release.set()
+    assert generating.result(5)[0].text == "a:0:0"  # the pool's own close stops a batch in progress
+    assert run.batches == [("a", [0])]
