@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def rows() -> list[tuple[str, str, str, str]]:
 
 
 def summary() -> str:
-    lines = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()}, "
+    lines = [f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {os.cpu_count()} CPUs, "
              f"{platform.python_implementation()} {platform.python_version()}", "",
              "| benchmark | raw | rlhf-loop | ratio |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows()]
@@ -118,6 +119,7 @@ def main() -> None:
             print(f"== {module}", flush=True)
             subprocess.run([sys.executable, "-m", module], check=True)
     text = summary()
+    RESULTS.mkdir(parents=True, exist_ok=True)  # gitignored: absent on a fresh checkout
     (RESULTS / "summary.md").write_text(text + "\n")
     print(text)
 
