@@ -133,14 +133,9 @@ class VersionManager:
         self._check_adapter_uri(event)
         if self._serves(version):
             return  # a redelivered promotion
-        if not self._registry.root.is_dir():
-            raise DependencyUnavailable(f"registry {self._registry.root} is not mounted")
-        if not self._registry.complete("policy", version):
-            raise PoisonMessage(f"model_version: no adapter for {version!r} in the registry")
+        self._require_published(version)
         self._adapter_dir(version)  # poison if it resolves outside the registry
-        promoted = self._promoted()
-        if version != promoted:
-            self._decline(version, "not_promoted", f"the registry promotes {promoted or BASE_VERSION}")
+        if not self._still_promoted(version):
             return
         self._reconcile(event.canary_fraction)
 
@@ -149,15 +144,26 @@ class VersionManager:
         self._check_adapter_uri(event)
         if self._router.routes.stable == version or self._graduate(version, "event"):
             return  # graduated here already (a redelivery, or the tick read the decision first)
+        self._require_published(version)
+        if not self._still_promoted(version):  # replayed history: a newer version is promoted since
+            return
+        self._reconcile(1.0)  # its promotion was never heard here: it starts at all traffic
+
+    def _require_published(self, version: str) -> None:
+        """The version an event names is in the registry (down while it is not mounted,
+        poison when the registry has no such adapter)."""
         if not self._registry.root.is_dir():
             raise DependencyUnavailable(f"registry {self._registry.root} is not mounted")
         if not self._registry.complete("policy", version):
             raise PoisonMessage(f"model_version: no adapter for {version!r} in the registry")
+
+    def _still_promoted(self, version: str) -> bool:
+        """The registry promotes `version` now; otherwise the event is declined, counted once."""
         promoted = self._promoted()
-        if version != promoted:  # replayed history: a newer version is promoted since
+        if version != promoted:
             self._decline(version, "not_promoted", f"the registry promotes {promoted or BASE_VERSION}")
-            return
-        self._reconcile(1.0)  # its promotion was never heard here: it starts at all traffic
+            return False
+        return True
 
     def _graduate(self, version: str, source: str) -> bool:
         if not self._router.graduate(version):
