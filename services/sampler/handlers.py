@@ -5,12 +5,15 @@ For each output, in order:
   2. an A/B output (canary vs stable) with room in the comparison quota?
                        -> a blind comparison task, before any rule and without the
                           dedupe (comparisons.py); over the quota it goes on to 3.
-  3. near-duplicate of a recently sampled prompt? -> rejected (duplicate)
-  4. the first rule whose filter matches and whose strategy accepts it wins:
+  3. the first rule whose filter matches and whose strategy accepts it wins, unless
+     its prompt is a near-duplicate of a recently sampled one -> rejected (duplicate):
        no budget -> the task goes out now
        budget    -> held in the rule's window; when the window closes the top
                     `max_tasks` by score (a uniform reservoir for `uniform`) go out
-  5. no rule took it -> rejected (no_rule)
+     The dedupe check runs before the first rule that costs a model call (uncertainty,
+     novelty), otherwise only once a rule accepted: under a uniform rate nearly every
+     output is decided by its coin alone, without normalising and hashing its prompt.
+  4. no rule took it -> rejected (no_rule)
 A task gets PII redaction and, if it has fewer than N answers, candidate completion.
 
 Nothing is written while a batch is being decided: each decision, with the prompt's
@@ -116,6 +119,11 @@ class Verdict:
     # novelty: the prompt's embedding, remembered only once the decision is stored
     # (remembering it earlier would make a redelivery after a failure a paraphrase of itself)
     vector: np.ndarray | None = None
+
+
+_NOT_TAKEN = Verdict(False, 0.0, 0.0)
+# strategies whose judgement costs a model call: the dedupe check comes first for them
+_MODEL_STRATEGIES = frozenset({"uncertainty", "novelty"})
 
 
 class Sampler:
@@ -289,16 +297,23 @@ class Sampler:
                     < self._comparisons.max_per_window):
                 return self._select_comparison(output, window, now)
             # over the quota: an output like any other from here on
-        prompt_hash = normalized_prompt_hash(output)
-        if self._seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
-            return "duplicate"
+        # the dedupe check, once, when first needed (step 3 of the module doc)
+        prompt_hash: str | None = None
         over_quota = False
         for rule in self._rules.values():
             if not rule.filter.matches(output):
                 continue
+            if prompt_hash is None and rule.strategy in _MODEL_STRATEGIES:
+                prompt_hash = normalized_prompt_hash(output)
+                if self._seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
+                    return "duplicate"
             verdict = self._judge(rule, output)
             if not verdict.accepted:
                 continue
+            if prompt_hash is None:
+                prompt_hash = normalized_prompt_hash(output)
+                if self._seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
+                    return "duplicate"
             window = self._window_start(rule, now)
             if rule.quota and not self._quota_allows(rule, window, output):
                 over_quota = True  # a later rule may still take it
@@ -387,7 +402,9 @@ class Sampler:
     def _judge(self, rule: SamplingRule, output: ModelOutput) -> Verdict:
         coin = stable_fraction(rule.name, output.output_id)
         if rule.strategy == "uniform":
-            return Verdict(coin < rule.rate or rule.budget is not None, rule.rate, coin)
+            if coin >= rule.rate and rule.budget is None:
+                return _NOT_TAKEN  # most outputs: no verdict to build
+            return Verdict(True, rule.rate, coin)
         if rule.strategy == "feedback":
             score = feedback_score(output)
             return Verdict(score > 0 and coin < rule.rate, score, score + coin * 1e-6)
@@ -426,8 +443,9 @@ class Sampler:
         else:
             decision = Decision(output.output_id, "selected", rule.name, "rule", score, task.model_dump_json())
             places = self._quota_places(rule, window, output) if rule.quota else []
-        return Staged(self._outcome(decision), [], DecisionWrite(decision, now, prompt_hash, tuple(places)),
-                      verdict.vector)
+        # the task in hand is what `_outcome` would parse back from the stored JSON
+        outgoing = [Outgoing(RANKING_TASKS, task)] if task is not None else []
+        return Staged(outgoing, [], DecisionWrite(decision, now, prompt_hash, tuple(places)), verdict.vector)
 
     def _select_comparison(self, output: ModelOutput, window: float, now: float) -> Staged:
         """The blind A/B task; no prompt hash is recorded (see comparisons.py), and its
@@ -445,7 +463,7 @@ class Sampler:
         decision = Decision(output.output_id, "selected", COMPARISON_RULE, COMPARISON_STRATEGY, None,
                             task.model_dump_json())
         place = QuotaCount(COMPARISON_RULE, window, COMPARISON_QUOTA_VALUE)
-        return Staged(self._outcome(decision), [], DecisionWrite(decision, now, quota=(place,)))
+        return Staged([Outgoing(RANKING_TASKS, task)], [], DecisionWrite(decision, now, quota=(place,)))
 
     def _feedback_preferences(self, output: ModelOutput) -> tuple[PreferenceMarks | None, list[Outgoing]]:
         """The preferences the output's feedback states (redacted as its task would be),

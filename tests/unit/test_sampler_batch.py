@@ -109,3 +109,24 @@ def test_feedback_preferences_of_an_output_twice_in_one_batch_are_emitted_twice_
     emitted = run_batch(sampler, [out, out])
     assert len(emitted) == 2 and emitted[0].event.preference_id == emitted[1].event.preference_id
     assert registry.get_sample_value("rlhf_sampler_feedback_preferences_total", {"source": "edit"}) == 1
+
+
+def test_duplicate_counts_only_outputs_a_rule_would_take_and_a_model_rule_never_scores_one(tmp_path: Path) -> None:
+    """The dedupe check runs once a rule accepts (or before a rule that costs a model
+    call): a repeated prompt no rule takes is no_rule, and an uncertainty rule is not
+    asked about a prompt it would only reject as a duplicate."""
+    from services.sampler.rules import OutputFilter
+
+    only_chat = SamplingRule(name="chat", strategy="uniform", rate=1.0, filter=OutputFilter(apps=["chat"]))
+    uncertain = SamplingRule(name="unc", strategy="uncertainty", max_margin=0.5, fallback_rate=1.0,
+                             filter=OutputFilter(apps=["search"]))
+    sampler, registry = sampler_on(SamplerStore(tmp_path / "s.db"), [only_chat, uncertain], Clock())
+    run_batch(sampler, [output("first", "Same question?", app="chat")])
+    run_batch(sampler, [output("mail", "same question", app="mail"),  # no rule matches
+                        output("chat-again", "SAME question!", app="chat"),  # would be taken
+                        output("search", "same question.", app="search")])  # the model rule's turn
+    rejections = {reason: registry.get_sample_value("rlhf_sampler_rejections_total", {"reason": reason})
+                  for reason in ("no_rule", "duplicate")}
+    assert rejections == {"no_rule": 1, "duplicate": 2}
+    # the uncertainty rule never judged it (it would have counted a fallback: no reward model)
+    assert registry.get_sample_value("rlhf_sampler_uncertainty_fallbacks_total") in (None, 0)
