@@ -25,7 +25,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
-from shared.bus import ConsumerLoop, EventProducer, Handler
+from shared.bus import BatchSink, ConsumerLoop, EventProducer, Handler
 from shared.bus.admin import ensure_topics
 from shared.contracts import Candidate, ChatMessage, ModelOutput, ModelRef, output_id_for
 from shared.embedded.broker import EmbeddedBroker
@@ -98,9 +98,9 @@ def raw_consume(kafka: KafkaSettings, topic: str, n: int, validate: bool) -> flo
 
 
 def our_consume(kafka: KafkaSettings, topic: Topic, n: int, handle: Handler | None = None,
-                group: str | None = None) -> float:
+                group: str | None = None, sink: BatchSink | None = None) -> float:
     """Seconds for our consumer loop to handle `n` events (from the first one), with
-    `handle` as the service's handler (none: the bare loop)."""
+    `handle` as the service's handler (none: the bare loop) and its batch sink, if any."""
     group = group or f"ours-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka, [(dead_letter_topic(group), 1)])
     seen = [0]
@@ -118,7 +118,8 @@ def our_consume(kafka: KafkaSettings, topic: Topic, n: int, handle: Handler | No
     metrics = BusMetrics(CollectorRegistry())
     producer = EventProducer(kafka, metrics)
     loop = ConsumerLoop(topics=[topic], group_id=group, handler=handler, kafka=kafka,
-                        consumer=ConsumerSettings(), producer=producer, metrics=metrics, stop=stop)
+                        consumer=ConsumerSettings(), producer=producer, metrics=metrics, stop=stop,
+                        sink=sink)
     while not stop.is_set():
         loop.run_once()
     elapsed = time.perf_counter() - started[0]

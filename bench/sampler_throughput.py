@@ -1,8 +1,10 @@
 """Sampler throughput against raw consumption, same broker, same events, same run.
 
   raw       - kafka-python consumer + the same pydantic decode + commit per batch
-  sampler   - the sampler's consumer loop with the default-style rule (uniform 5%):
-              decision lookup and record in SQLite, dedupe hash, task building
+  sampler   - the sampler's consumer loop with the default-style rule (uniform 5%),
+              wired as the service wires it (the sampler as its own batch sink):
+              decision and dedupe lookups, task building, one SQLite transaction
+              per polled batch
   uncertainty scoring - Sampler.handle with an uncertainty rule and the tiny reward
               model, against the raw forward pass of that model on the same texts
 
@@ -57,7 +59,7 @@ def sampler_consume(kafka: KafkaSettings, topic: Topic, n: int, workdir: Path) -
                       SamplerStore(workdir / f"{group}.db"), SamplerMetrics(CollectorRegistry()),
                       dedupe_window_s=0)
     try:
-        return our_consume(kafka, topic, n, handle=sampler.handle, group=group)
+        return our_consume(kafka, topic, n, handle=sampler.collect, group=group, sink=sampler)
     finally:
         sampler.close()
 

@@ -5,31 +5,49 @@ For each output, in order:
   2. an A/B output (canary vs stable) with room in the comparison quota?
                        -> a blind comparison task, before any rule and without the
                           dedupe (comparisons.py); over the quota it goes on to 3.
-  3. near-duplicate of a recently sampled prompt? -> rejected (duplicate)
-  4. the first rule whose filter matches and whose strategy accepts it wins:
+  3. the first rule whose filter matches and whose strategy accepts it wins, unless
+     its prompt is a near-duplicate of a recently sampled one -> rejected (duplicate):
        no budget -> the task goes out now
        budget    -> held in the rule's window; when the window closes the top
                     `max_tasks` by score (a uniform reservoir for `uniform`) go out
-  5. no rule took it -> rejected (no_rule)
+     The dedupe check runs before the first rule that costs a model call (uncertainty,
+     novelty), otherwise only once a rule accepted: under a uniform rate nearly every
+     output is decided by its coin alone, without normalising and hashing its prompt.
+  4. no rule took it -> rejected (no_rule)
 A task gets PII redaction and, if it has fewer than N answers, candidate completion.
 
-Nothing is written until the decision is known: the decision, the prompt's dedupe hash
-and the quota place go to the store in one transaction (`SamplerStore.decide`), after
-the candidate-completion calls. An error or a kill before that commit leaves no trace,
-so the redelivered output is decided afresh; after it, the redelivery finds the
-decision (step 1) and re-emits the same task, counting nothing again.
+Nothing is written while a batch is being decided: each decision, with the prompt's
+dedupe hash, its quota places and held item, joins the polled batch (batch.py; later
+records of the batch see it), and the consumer loop's batch sink, `flush`, writes the
+whole batch in one store transaction after its handlers and before the offset commit.
+Only then do its tasks and preferences go out (`emitted`; the loop sends them and has
+the broker acknowledge them before committing). So:
+
+- an error or a kill before that commit leaves no trace, in the store, in memory
+  (memory.py) or on the topics: the batch is redelivered and decided afresh, and no
+  output meets its own prompt hash or quota place;
+- after it, a redelivery finds the decision (step 1) and re-emits the stored task
+  (same id, same content), counting nothing again; that covers a kill between the
+  commit and the broker's acknowledgement as well;
+- a task on the topic therefore always has its decision stored: nothing is produced
+  that a redelivery could decide differently (a different completion, a different
+  dedupe order across partitions, a window that rolled over in between).
+
+Metrics move once per batch, after the commit (a redelivered batch counts once).
+Lookups are served from memory filled from the store (memory.py). `handle` is the same
+for one output (decide, write, return what it emits), for callers without a loop.
 
 Besides the decision, and whatever it is, an output of an opted-in tenant yields the
 preferences its users' edits and regenerates state (feedback_preferences.py), on every
-delivery with the same ids (the trainer stores each once). They are marked in the
-store in a transaction of their own, before the decision: a rejection stores nothing
-to tell a redelivery by, and a kill between the two only means the redelivery emits
-them again without counting them again.
+delivery with the same ids (the trainer stores each once). Their marks (by id, to count
+each once) go in the batch's transaction too; a rejection stores no decision, and a
+redelivery emits the preferences again without counting them again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -52,6 +70,7 @@ from shared.contracts.tasks import MAX_RANKED, MIN_RANKED
 from shared.models.reward_scorer import RewardScorer
 from shared.topics import PREFERENCES, RANKING_TASKS
 
+from .batch import PendingBatch, PreferenceMarks, Staged
 from .comparisons import (
     COMPARISON_QUOTA_VALUE,
     COMPARISON_RULE,
@@ -61,7 +80,8 @@ from .comparisons import (
 )
 from .completion import CandidateCompleter
 from .feedback_preferences import FeedbackPreferenceSettings, feedback_preferences
-from .metrics import SamplerMetrics
+from .memory import DecidedIds, PromptMemory, QuotaMemory
+from .metrics import MetricTally, SamplerMetrics
 from .novelty import NoveltyMemory
 from .redaction import Redactor
 from .rules import SamplingRule
@@ -73,11 +93,22 @@ from .scoring import (
     reward_margin,
     stable_fraction,
 )
-from .store import Decision, Held, HeldItem, QuotaCount, SamplerStore
+from .store import (
+    BatchWritten,
+    Decision,
+    DecisionWrite,
+    Held,
+    HeldItem,
+    QuotaCount,
+    SamplerStore,
+)
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+# Prompt hashes kept in memory (~150 B each); beyond that, older ones are read from the store.
+PROMPT_MEMORY_MAX = 200_000
 
 
 @dataclass(frozen=True)
@@ -88,6 +119,11 @@ class Verdict:
     # novelty: the prompt's embedding, remembered only once the decision is stored
     # (remembering it earlier would make a redelivery after a failure a paraphrase of itself)
     vector: np.ndarray | None = None
+
+
+_NOT_TAKEN = Verdict(False, 0.0, 0.0)
+# strategies whose judgement costs a model call: the dedupe check comes first for them
+_MODEL_STRATEGIES = frozenset({"uncertainty", "novelty"})
 
 
 class Sampler:
@@ -125,6 +161,26 @@ class Sampler:
         self._feedback = feedback_preferences or FeedbackPreferenceSettings()
         self._clock = clock
         self._closing: dict[tuple[str, float], tuple[list[Decision], list[QuotaCount]]] = {}
+        self._closing_hits: Counter[str] = Counter()
+        # what the store holds, in memory (memory.py), and the batch being decided
+        self._decided = DecidedIds(store.decided_ids)
+        self._prompts = self._prompt_memory()
+        self._quotas = QuotaMemory(store.quota_count)
+        self._batch = PendingBatch()
+        self._emitted: list[Outgoing] = []
+        # the record (or closing window) in hand: counts not yet in a tally
+        self._hits: Counter[str] = Counter()
+        self._fallbacks = 0
+
+    def _prompt_memory(self) -> PromptMemory:
+        since = self._clock() - self._dedupe_window_s
+        rows = self._store.recent_prompts(since, PROMPT_MEMORY_MAX + 1)
+        complete_from = since
+        if len(rows) > PROMPT_MEMORY_MAX:  # the oldest one stays in the store only
+            complete_from = math.nextafter(rows[0][1], math.inf)
+            rows = rows[1:]
+        return PromptMemory(rows, complete_from, self._store.prompt_seen_at,
+                            window_s=self._dedupe_window_s, max_entries=PROMPT_MEMORY_MAX)
 
     def close(self) -> None:
         if self._completer is not None:
@@ -133,33 +189,131 @@ class Sampler:
 
     # -- the consumer handler -----------------------------------------------------
 
-    def handle(self, event: Event, record: ConsumerRecord) -> list[Outgoing]:
-        assert isinstance(event, ModelOutput)
-        preferences = self._feedback_preferences(event)
-        return [*self._decide(event), *preferences]
+    def handle(self, event: Event, record: ConsumerRecord | None) -> list[Outgoing]:
+        """One output decided and stored on its own (a batch of one): what it emits."""
+        self.collect(event, record)
+        self.flush()
+        return self.emitted()
 
-    def _decide(self, output: ModelOutput) -> list[Outgoing]:
-        known = self._store.decision(output.output_id)
+    def collect(self, event: Event, record: ConsumerRecord | None) -> list[Outgoing]:
+        """The consumer handler (with this sampler as the loop's batch sink): decide the
+        output into the pending batch. Returns nothing: the batch's events go out
+        through `emitted`, once `flush` stored it."""
+        assert isinstance(event, ModelOutput)
+        if self._hits:
+            self._hits = Counter()
+        self._fallbacks = 0
+        marks, preferences = self._feedback_preferences(event)
+        decided = self._decide(event)
+        # the record's last step, nothing below can fail: a retried handler left no half
+        batch = self._batch
+        if isinstance(decided, str):  # rejected: nothing to store
+            batch.tally.decisions[("none", "rejected")] += 1
+            batch.tally.rejections[decided] += 1
+            if preferences or marks is not None:
+                batch.add(Staged([], preferences), marks)
+        else:
+            decided.preferences = preferences
+            batch.add(decided, marks)
+        if self._hits:
+            batch.tally.redactions.update(self._hits)
+        batch.tally.uncertainty_fallbacks += self._fallbacks
+        return []
+
+    def flush(self) -> list[tuple[ConsumerRecord, str]]:
+        """The batch sink: store the pending batch in one transaction, then let memory,
+        metrics and `emitted` see it. Raises if the store does (the loop redelivers the
+        batch, which is then decided afresh: nothing of it was kept). Never refuses a
+        record."""
+        batch, self._batch = self._batch, PendingBatch()
+        self._emitted = []
+        if not batch:
+            return []
+        to_write = batch.to_write()
+        written = self._store.write_batch(to_write) if to_write else BatchWritten({}, set())
+        tally, emitted = batch.tally, []
+        decided: list[str] = []
+        prompts: list[tuple[str, float]] = []
+        places: list[tuple[str, float, str]] = []
+        for staged in batch.records:
+            write = staged.write
+            if write is not None:
+                stored = written.already.get(write.decision.output_id)
+                if stored is not None:  # another writer decided it first: its outcome, uncounted
+                    emitted += [*self._outcome(stored), *staged.preferences]
+                    continue
+                decided.append(write.decision.output_id)
+                if write.prompt_hash is not None:
+                    prompts.append((write.prompt_hash, write.at))
+                places += [(p.rule, p.window_start, p.value) for p in write.quota]
+                tally.count(write.decision)
+                self._remember(staged.vector)
+            emitted += staged.outgoing
+            emitted += staged.preferences
+        first_marked = set(written.new_preferences)  # an output twice in a batch: counted once
+        for marks in batch.marks:
+            new = [source for pid, source in marks.ids_and_sources if pid in first_marked]
+            first_marked.difference_update(pid for pid, _ in marks.ids_and_sources)
+            tally.feedback_preferences.update(new)
+            if new:
+                tally.redactions.update(marks.redactions)
+        self._decided.add(decided)
+        self._prompts.add(prompts, self._clock())
+        self._quotas.add(places)
+        tally.apply(self._metrics)
+        self._emitted = emitted
+        return []
+
+    def emitted(self) -> list[Outgoing]:
+        """What the last flushed batch emits, in record order (asked once, after `flush`)."""
+        emitted, self._emitted = self._emitted, []
+        return emitted
+
+    def _known(self, output_id: str) -> Decision | None:
+        """The output's decision: made earlier in this batch, or stored."""
+        pending = self._batch.decision(output_id)
+        if pending is not None:
+            return pending
+        return self._store.decision(output_id) if output_id in self._decided else None
+
+    def _seen_prompt(self, prompt_hash: str, since: float) -> bool:
+        at = self._batch.prompt_seen_at(prompt_hash)
+        if at is not None and at >= since:
+            return True
+        return self._prompts.seen(prompt_hash, since)
+
+    def _quota_count(self, rule: str, window_start: float, value: str) -> int:
+        return self._quotas.count(rule, window_start, value) + self._batch.quota_taken(rule, window_start, value)
+
+    def _decide(self, output: ModelOutput) -> Staged | str:
+        """The output's share of the batch, or the reason it is rejected (nothing stored)."""
+        known = self._known(output.output_id)
         if known is not None:
-            return self._outcome(known)
+            return Staged(self._outcome(known), [])
         now = self._clock()
         if output.ab is not None and self._comparisons.enabled:
             window = (now // self._comparisons.window_s) * self._comparisons.window_s
-            if (self._store.quota_count(COMPARISON_RULE, window, COMPARISON_QUOTA_VALUE)
+            if (self._quota_count(COMPARISON_RULE, window, COMPARISON_QUOTA_VALUE)
                     < self._comparisons.max_per_window):
                 return self._select_comparison(output, window, now)
             # over the quota: an output like any other from here on
-        prompt_hash = normalized_prompt_hash(output)
-        if self._store.seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
-            self._reject(output.output_id, None, "duplicate", now)
-            return []
+        # the dedupe check, once, when first needed (step 3 of the module doc)
+        prompt_hash: str | None = None
         over_quota = False
         for rule in self._rules.values():
             if not rule.filter.matches(output):
                 continue
+            if prompt_hash is None and rule.strategy in _MODEL_STRATEGIES:
+                prompt_hash = normalized_prompt_hash(output)
+                if self._seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
+                    return "duplicate"
             verdict = self._judge(rule, output)
             if not verdict.accepted:
                 continue
+            if prompt_hash is None:
+                prompt_hash = normalized_prompt_hash(output)
+                if self._seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
+                    return "duplicate"
             window = self._window_start(rule, now)
             if rule.quota and not self._quota_allows(rule, window, output):
                 over_quota = True  # a later rule may still take it
@@ -168,14 +322,9 @@ class Sampler:
                 held = Held(rule.name, window, HeldItem(output.output_id, verdict.key, verdict.score,
                                                          output.model_dump_json()))
                 decision = Decision(output.output_id, "held", rule.name, "budget_window", verdict.score, None)
-                stored, new = self._store.decide(decision, now, prompt_hash=prompt_hash, held=held)
-                if new:
-                    self._metrics.decisions.labels(rule.name, "held").inc()
-                    self._remember(verdict)
-                return self._outcome(stored)
+                return Staged([], [], DecisionWrite(decision, now, prompt_hash, held=held), verdict.vector)
             return self._select_now(rule, output, verdict, window, prompt_hash, now)
-        self._reject(output.output_id, None, "quota" if over_quota else "no_rule", now)
-        return []
+        return "quota" if over_quota else "no_rule"
 
     # -- the ticker: budget windows ----------------------------------------------
 
@@ -184,6 +333,7 @@ class Sampler:
         window_lengths = {name: rule.window_s for name, rule in self._rules.items()}
         outgoing: list[Outgoing] = []
         self._closing = {}
+        self._hits = Counter()  # redactions of the tasks, counted once they are delivered
         for rule_name, window in self._store.closed_windows(now, window_lengths):
             rule = self._rules.get(rule_name)
             decisions: list[Decision] = []
@@ -231,22 +381,30 @@ class Sampler:
                                   for item, _ in queue]
                     break
             self._closing[(rule_name, window)] = (decisions, places)
+        self._closing_hits, self._hits = self._hits, Counter()
         return outgoing
 
     def delivered(self, outgoing: list[Outgoing]) -> None:
         now = self._clock()
         for (rule_name, window), (decisions, places) in self._closing.items():
             self._store.close_window(rule_name, window, decisions, now, places)
+            self._quotas.add((p.rule, p.window_start, p.value) for p in places)
+            tally = MetricTally()
             for decision in decisions:
-                self._count(decision)
-        self._closing = {}
+                tally.count(decision)
+            tally.apply(self._metrics)
+        if self._closing:
+            self._metrics_redactions(self._closing_hits)
+        self._closing, self._closing_hits = {}, Counter()
 
     # -- pieces ---------------------------------------------------------------------
 
     def _judge(self, rule: SamplingRule, output: ModelOutput) -> Verdict:
         coin = stable_fraction(rule.name, output.output_id)
         if rule.strategy == "uniform":
-            return Verdict(coin < rule.rate or rule.budget is not None, rule.rate, coin)
+            if coin >= rule.rate and rule.budget is None:
+                return _NOT_TAKEN  # most outputs: no verdict to build
+            return Verdict(True, rule.rate, coin)
         if rule.strategy == "feedback":
             score = feedback_score(output)
             return Verdict(score > 0 and coin < rule.rate, score, score + coin * 1e-6)
@@ -268,14 +426,14 @@ class Sampler:
             rewards = self._reward.rewards(prompt_messages(output.model_copy(update={"conversation": conversation})),
                                            [c.text for c in candidates])
         if rewards is None:
-            self._metrics.uncertainty_fallbacks.inc()
+            self._fallbacks += 1  # counted with the record's batch
             return Verdict(coin < rule.fallback_rate, 0.0, coin)
         margin = reward_margin(rewards)
         accepted = (rule.max_margin is None or margin <= rule.max_margin) and coin < rule.rate
         return Verdict(accepted, margin, -margin)
 
     def _select_now(self, rule: SamplingRule, output: ModelOutput, verdict: Verdict, window: float,
-                    prompt_hash: str, now: float) -> list[Outgoing]:
+                    prompt_hash: str, now: float) -> Staged:
         # The completion calls run before anything is written (see the module doc).
         score = verdict.score
         task = self._build_task(rule, output, score)
@@ -285,13 +443,11 @@ class Sampler:
         else:
             decision = Decision(output.output_id, "selected", rule.name, "rule", score, task.model_dump_json())
             places = self._quota_places(rule, window, output) if rule.quota else []
-        stored, new = self._store.decide(decision, now, prompt_hash=prompt_hash, quota=places)
-        if new:
-            self._count(stored)
-            self._remember(verdict)
-        return self._outcome(stored)
+        # the task in hand is what `_outcome` would parse back from the stored JSON
+        outgoing = [Outgoing(RANKING_TASKS, task)] if task is not None else []
+        return Staged(outgoing, [], DecisionWrite(decision, now, prompt_hash, tuple(places)), verdict.vector)
 
-    def _select_comparison(self, output: ModelOutput, window: float, now: float) -> list[Outgoing]:
+    def _select_comparison(self, output: ModelOutput, window: float, now: float) -> Staged:
         """The blind A/B task; no prompt hash is recorded (see comparisons.py), and its
         quota place is taken with the decision."""
         conversation, candidates = list(output.conversation), blind_order(output)
@@ -306,31 +462,23 @@ class Sampler:
         )
         decision = Decision(output.output_id, "selected", COMPARISON_RULE, COMPARISON_STRATEGY, None,
                             task.model_dump_json())
-        stored, new = self._store.decide(decision, now, quota=[QuotaCount(COMPARISON_RULE, window,
-                                                                          COMPARISON_QUOTA_VALUE)])
-        if new:
-            self._count(stored)
-        return self._outcome(stored)
+        place = QuotaCount(COMPARISON_RULE, window, COMPARISON_QUOTA_VALUE)
+        return Staged([Outgoing(RANKING_TASKS, task)], [], DecisionWrite(decision, now, quota=(place,)))
 
-    def _feedback_preferences(self, output: ModelOutput) -> list[Outgoing]:
+    def _feedback_preferences(self, output: ModelOutput) -> tuple[PreferenceMarks | None, list[Outgoing]]:
         """The preferences the output's feedback states (redacted as its task would be),
-        counted the first time only."""
+        and their marks for the batch (counted the first time only, at the flush)."""
         if not self._feedback.opted_in(output.tenant) or not output.feedback:
-            return []
+            return None, []
         hits: Counter[str] = Counter()
         if self._redactor is not None:
             output, hits = self._redacted_output(output)
         preferences = feedback_preferences(output, self._feedback)
         if not preferences:
-            return []
-        new = self._store.record_preferences(output.output_id, [p.preference_id for p in preferences],
-                                             self._clock())
-        for preference in preferences:
-            if preference.preference_id in new:
-                self._metrics.feedback_preferences.labels(preference.source).inc()
-        for kind, n in hits.items() if new else ():
-            self._metrics.redactions.labels(kind).inc(n)
-        return [Outgoing(PREFERENCES, p) for p in preferences]
+            return None, []
+        marks = PreferenceMarks(output.output_id, [(p.preference_id, p.source) for p in preferences],
+                                self._clock(), hits)
+        return marks, [Outgoing(PREFERENCES, p) for p in preferences]
 
     def _redacted_output(self, output: ModelOutput) -> tuple[ModelOutput, Counter[str]]:
         """The output with its prompt, answers and edited texts redacted alike (so an
@@ -351,9 +499,9 @@ class Sampler:
         return output.model_copy(update={"conversation": conversation, "candidates": candidates,
                                          "feedback": feedback}), found
 
-    def _remember(self, verdict: Verdict) -> None:
-        if verdict.vector is not None and self._novelty is not None:
-            self._novelty.remember(verdict.vector)
+    def _remember(self, vector: np.ndarray | None) -> None:
+        if vector is not None and self._novelty is not None:
+            self._novelty.remember(vector)
 
     @staticmethod
     def _outcome(decision: Decision) -> list[Outgoing]:
@@ -411,9 +559,13 @@ class Sampler:
             text, hits = self._redactor.redact(candidate.text)
             found += hits
             new_candidates.append(candidate.model_copy(update={"text": text}))
-        for kind, n in found.items() if count else ():
-            self._metrics.redactions.labels(kind).inc(n)
+        if count:
+            self._hits.update(found)  # counted with the record's batch (or the delivered window)
         return new_conversation, new_candidates
+
+    def _metrics_redactions(self, hits: Counter[str]) -> None:
+        for kind, n in hits.items():
+            self._metrics.redactions.labels(kind).inc(n)
 
     def _window_start(self, rule: SamplingRule, now: float) -> float:
         return (now // rule.window_s) * rule.window_s
@@ -433,21 +585,6 @@ class Sampler:
         """Room left for `output` in every quota value it falls under, counting the
         places `pending` (a closing window's earlier picks) takes but has not stored."""
         assert rule.quota is not None
-        return all(self._store.quota_count(rule.name, window, value)
+        return all(self._quota_count(rule.name, window, value)
                    + sum(1 for p in pending or [] if p.value == value) < rule.quota.max_per_window
                    for value in self._quota_values(rule, output))
-
-    def _reject(self, output_id: str, rule: str | None, reason: str, now: float) -> None:
-        # Not stored: a rejection changes no state (no task, no budget, no quota), so a
-        # redelivery recomputes the same verdict. Storing it would cost a write for the
-        # ~95% of traffic that is never sampled.
-        self._count(Decision(output_id, "rejected", rule, reason, None, None))
-
-    def _count(self, decision: Decision) -> None:
-        self._metrics.decisions.labels(decision.rule or "none", decision.status).inc()
-        if decision.status == "selected":
-            self._metrics.tasks.labels(decision.rule or "none").inc()
-            if decision.score is not None:
-                self._metrics.scores.labels(decision.rule or "none").observe(decision.score)
-        else:
-            self._metrics.rejections.labels(decision.reason).inc()

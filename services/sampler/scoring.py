@@ -4,7 +4,6 @@ model, so a redelivered output gets the same decision."""
 from __future__ import annotations
 
 import hashlib
-import re
 import string
 from collections.abc import Sequence
 
@@ -12,8 +11,10 @@ from shared.contracts import ModelOutput
 
 from .rules import NEGATIVE_FEEDBACK
 
-_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
-_SPACES = re.compile(r"\s+")
+# punctuation -> space; then str.split() collapses runs of (Unicode) whitespace as
+# re's \s+ does. Checked equal to the regex version over every code point: stored
+# hashes stay valid. (translate + split is ~3x cheaper, and this runs for every output.)
+_PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 
 
 def stable_fraction(*parts: str) -> float:
@@ -39,9 +40,10 @@ def prompt_messages(output: ModelOutput) -> list[dict[str, str]]:
 
 def normalized_prompt_hash(output: ModelOutput) -> str:
     """Same hash for prompts that differ only in case, punctuation or spacing."""
-    last_user = next((m.content for m in reversed(output.conversation) if m.role == "user"),
-                     prompt_text(output))
-    text = _SPACES.sub(" ", _PUNCTUATION.sub(" ", last_user.lower())).strip()
+    last_user = next((m.content for m in reversed(output.conversation) if m.role == "user"), None)
+    if last_user is None:  # not as next()'s default: that would build the text for every output
+        last_user = prompt_text(output)
+    text = " ".join(last_user.lower().translate(_PUNCTUATION_TO_SPACE).split())
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 

@@ -54,8 +54,10 @@ def run_service(settings: SamplerSettings, stop: threading.Event, *, registry: C
                 on_started=None) -> None:  # type: ignore[no-untyped-def]
     with App("sampler", settings, registry=registry, on_started=on_started) as app:
         sampler = app.own(build_sampler(settings, app.registry))
-        app.add_consumer([OUTPUTS], sampler.handle, group_id=settings.sampler.group_id,
-                         produces=[RANKING_TASKS, PREFERENCES], ticker=sampler,
+        # the sampler is its own batch sink: one store transaction per polled batch, whose
+        # tasks and preferences go out once it committed (handlers.py)
+        app.add_consumer([OUTPUTS], sampler.collect, group_id=settings.sampler.group_id,
+                         produces=[RANKING_TASKS, PREFERENCES], ticker=sampler, sink=sampler,
                          tick_interval_s=settings.sampler.tick_interval_s)
         app.run(stop)
 

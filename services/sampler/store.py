@@ -5,9 +5,11 @@ got, without counting it twice toward a budget or quota. Outputs held for a budg
 window live here until the window closes, so committing their offsets loses nothing.
 
 A decision and everything it changes (the prompt's dedupe hash, the quota count, the
-held item) are written in one transaction (`decide`, `close_window`): a failure or a
-kill before the commit leaves no trace, so the redelivered output is decided afresh
-instead of meeting its own prompt hash and being rejected as a duplicate of itself.
+held item) are written in one transaction (`write_batch` for all the decisions of a
+polled batch, `decide` for one, `close_window`): a failure or a kill before the commit
+leaves no trace, so the redelivered output is decided afresh instead of meeting its
+own prompt hash and being rejected as a duplicate of itself. One transaction per batch
+rather than per decision matters: each commit is an fsync (`synchronous=FULL`).
 
 Preferences read from user feedback are marked here by id (`record_preferences`),
 apart from the decision: they are emitted whatever the output's decision, rejections
@@ -21,7 +23,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SCHEMA = """
@@ -98,6 +100,38 @@ class Held:
     item: HeldItem
 
 
+@dataclass(frozen=True)
+class DecisionWrite:
+    """One output's decision with everything it changes."""
+
+    decision: Decision
+    at: float
+    prompt_hash: str | None = None
+    quota: tuple[QuotaCount, ...] = ()
+    held: Held | None = None
+
+
+@dataclass
+class BatchWrite:
+    """Everything a polled batch decided, for one transaction (`write_batch`), in the
+    order it was decided; each output at most once."""
+
+    decisions: list[DecisionWrite] = field(default_factory=list)
+    preferences: list[tuple[str, list[str], float]] = field(default_factory=list)  # output, ids, at
+
+    def __bool__(self) -> bool:
+        return bool(self.decisions or self.preferences)
+
+
+@dataclass(frozen=True)
+class BatchWritten:
+    """What `write_batch` found: decisions another writer had stored first (kept, and
+    none of their changes made) and the preference ids marked for the first time."""
+
+    already: dict[str, Decision]
+    new_preferences: set[str]
+
+
 class SamplerStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +193,56 @@ class SamplerStore:
                         decision.score, decision.task_json, at))
         return decision, True
 
+    def write_batch(self, batch: BatchWrite) -> BatchWritten:
+        """A whole batch's decisions, prompt hashes, quota places, held items and
+        preference marks, in one transaction (all or nothing).
+
+        Idempotent on output ids like `decide`: a decision already stored (a second
+        writer on the file) is returned in `already` and its changes are not written.
+        The caller passes each output at most once and each change with its decision."""
+        with self._tx() as db:
+            already: dict[str, Decision] = {}
+            ids = [w.decision.output_id for w in batch.decisions]
+            for start in range(0, len(ids), 500):  # under SQLite's variable limit
+                chunk = ids[start:start + 500]
+                rows = db.execute(
+                    "SELECT output_id, status, rule, reason, score, task_json FROM decisions "
+                    f"WHERE output_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                already.update((row[0], Decision(*row)) for row in rows)
+            writes = [w for w in batch.decisions if w.decision.output_id not in already]
+            db.executemany("INSERT OR REPLACE INTO prompt_hashes VALUES (?, ?)",
+                           [(w.prompt_hash, w.at) for w in writes if w.prompt_hash is not None])
+            db.executemany("INSERT OR IGNORE INTO window_items VALUES (?, ?, ?, ?, ?, ?)",
+                           [(h.rule, h.window_start, h.item.output_id, h.item.key, h.item.score, h.item.output_json)
+                            for h in (w.held for w in writes) if h is not None])
+            self._count_quota(db, [place for w in writes for place in w.quota])
+            db.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(d.output_id, d.status, d.rule, d.reason, d.score, d.task_json, w.at)
+                            for w in writes for d in (w.decision,)])
+            new: set[str] = set()
+            for output_id, preference_ids, at in batch.preferences:
+                for preference_id in preference_ids:
+                    cursor = db.execute("INSERT OR IGNORE INTO feedback_preferences VALUES (?, ?, ?)",
+                                        (preference_id, output_id, at))
+                    if cursor.rowcount:
+                        new.add(preference_id)
+        return BatchWritten(already, new)
+
+    def decided_ids(self) -> list[str]:
+        """Every output id with a stored decision (to fill the sampler's memory)."""
+        return [row[0] for row in self._db.execute("SELECT output_id FROM decisions")]
+
     # near-duplicates ---------------------------------------------------------
+
+    def recent_prompts(self, since: float, limit: int) -> list[tuple[str, float]]:
+        """The newest `limit` prompt hashes seen at or after `since`, oldest first."""
+        rows = self._db.execute("SELECT hash, seen_at FROM prompt_hashes WHERE seen_at >= ? "
+                                "ORDER BY seen_at DESC LIMIT ?", (since, limit)).fetchall()
+        return [(h, at) for h, at in reversed(rows)]
+
+    def prompt_seen_at(self, prompt_hash: str) -> float | None:
+        row = self._db.execute("SELECT seen_at FROM prompt_hashes WHERE hash = ?", (prompt_hash,)).fetchone()
+        return row[0] if row else None
 
     def seen_prompt(self, prompt_hash: str, since: float) -> bool:
         row = self._db.execute("SELECT seen_at FROM prompt_hashes WHERE hash = ?", (prompt_hash,)).fetchone()

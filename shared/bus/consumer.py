@@ -18,7 +18,9 @@ Failures:
   any other exception
       -> retried in place with exponential backoff, `max_attempts` in all, then
          dead-lettered with the last error.
-The same three outcomes hold for a BatchSink's flush (a whole batch redelivered with
+A BatchSink's flush runs after the batch's handlers, before the commit; an
+EmittingBatchSink's events are sent right after it. The same three outcomes hold for a
+BatchSink's flush (a whole batch redelivered with
 backoff, `max_attempts` times for an unexpected error, then each of its records
 dead-lettered) and a dead letter that cannot be stored redelivers its record. A
 ticker that raises is logged and counted, and asked again at the next tick. Nothing a
@@ -47,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -107,6 +109,17 @@ class BatchSink(Protocol):
     the sink starts the next batch empty."""
 
     def flush(self) -> list[tuple[ConsumerRecord, str]]: ...
+
+
+@runtime_checkable
+class EmittingBatchSink(BatchSink, Protocol):
+    """A batch sink whose batch produces events that must not exist before its write
+    (the sampler: a task goes out only once its decision is stored, so no redelivery
+    can meet a task it did not store). Its handlers return nothing; `emitted`, asked
+    right after a successful `flush`, returns the batch's events, which are sent like
+    handlers' events: acknowledged before the commit, or the batch is redelivered."""
+
+    def emitted(self) -> list[Outgoing]: ...
 
 
 class _Retry(Exception):
@@ -261,6 +274,9 @@ class ConsumerLoop:
             return True
         try:
             refused = self._sink.flush()
+            if isinstance(self._sink, EmittingBatchSink):
+                for out in self._sink.emitted():
+                    self._pending.append(self._producer.send(out.topic, out.event))
         except DependencyUnavailable as unavailable:
             self._dependency_failures += 1
             delay = self._delay(self._dependency_failures)
