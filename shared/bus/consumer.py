@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 
 # How long a commit waits for what the batch produced to be acknowledged (see _commit).
 FLUSH_TIMEOUT_S = 10.0
+# How often, at most, a batch asks the group whether it wants this member to rejoin.
+REBALANCE_PROBE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ class ConsumerLoop:
         self._dependency_failures = 0
         self._sink_failures = 0  # consecutive unexpected flush errors on the same batch
         self.last_poll_monotonic = time.monotonic()
+        self._next_rebalance_probe = 0.0
 
     # -- public -------------------------------------------------------------------
 
@@ -207,7 +210,7 @@ class ConsumerLoop:
         self.last_poll_monotonic = time.monotonic()
         batch_deadline = self.last_poll_monotonic + self._batch_budget_s
         self._metrics.last_poll.labels(self.group_id).set_to_current_time()
-        finished: dict[TopicPartition, OffsetAndMetadata] = {}
+        last_offsets: dict[TopicPartition, int] = {}  # the last finished record of each partition
         first_offsets: dict[TopicPartition, int] = {}
         handled: list[ConsumerRecord] = []  # what the sink holds, should it fail for good
         count = 0
@@ -233,7 +236,7 @@ class ConsumerLoop:
                         self._consumer.seek(tp, record.offset)
                         break
                     first_offsets.setdefault(tp, record.offset)
-                    finished[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+                    last_offsets[tp] = record.offset
                     handled.append(record)
                     count += 1
         except _Retry:
@@ -246,6 +249,7 @@ class ConsumerLoop:
                 self._consumer.seek(tp, offset)
             return 0
         self._maybe_tick()
+        finished = {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last_offsets.items()}
         if not self._commit(finished):
             for tp, offset in first_offsets.items():
                 self._consumer.seek(tp, offset)
@@ -259,10 +263,17 @@ class ConsumerLoop:
         wants this member to rejoin, or slow handlers have used the batch's time budget
         (the next poll must come within max_poll_interval, or the member is dropped
         from its group and its partitions' work is redone). At least one record is
-        always handled, so a slow record still makes progress."""
-        if rebalance_requested(self._consumer):
-            return "rebalancing"
-        if handled and time.monotonic() > deadline:
+        always handled, so a slow record still makes progress.
+
+        The group is asked at most every REBALANCE_PROBE_S (asking costs more than
+        handling a small record), so a batch ends at most that much later than the
+        request; a rebalance waits for seconds anyway."""
+        now = time.monotonic()
+        if now >= self._next_rebalance_probe:
+            self._next_rebalance_probe = now + REBALANCE_PROBE_S
+            if rebalance_requested(self._consumer):
+                return "rebalancing"
+        if handled and now > deadline:
             return f"the batch used its {self._batch_budget_s:.0f} s budget"
         return None
 
