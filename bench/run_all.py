@@ -2,7 +2,8 @@
 embedded parts), then one table of the ratios measured side by side, and the loop's
 latencies and memory. Results: bench/results/*.json and bench/results/summary.md.
 
-Run: make bench   (about 90 minutes on 2 cores: the loop ~50, the algorithms ~35; --quick skips both, 15-25 minutes)
+Run: make bench   (about 105 minutes on 2 cores: the loop ~50, the algorithms ~35, the trainer on
+SmolLM2 ~15; --quick skips those three, 15-25 minutes)
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-SUITE = [
-    "bench.bus_throughput",
-    "bench.capture_throughput",
-    "bench.sampler_throughput",
-    "bench.annotation_throughput",
-    "bench.trainer_throughput",
-    "bench.policy_server_throughput",
-    "bench.policy_server_concurrency",
-    "bench.policy_algorithms",
-    "bench.loop_efficacy",
+SUITE = [  # (module, arguments)
+    ("bench.bus_throughput", []),
+    ("bench.capture_throughput", []),
+    ("bench.sampler_throughput", []),
+    ("bench.annotation_throughput", []),
+    ("bench.trainer_throughput", []),
+    ("bench.policy_server_throughput", []),
+    ("bench.policy_server_concurrency", []),
+    ("bench.trainer_throughput", ["--model", "smollm2"]),
+    ("bench.policy_algorithms", []),
+    ("bench.loop_efficacy", []),
 ]
+SLOW = {"bench.loop_efficacy", "bench.policy_algorithms", "bench.trainer_throughput --model smollm2"}  # not in --quick
 
 
 def load(name: str) -> dict:  # type: ignore[type-arg]
@@ -61,13 +64,14 @@ def rows() -> list[tuple[str, str, str, str]]:
         r = annotation["records_per_s"]
         out.append(("Argilla push vs raw SDK records.log", f"{r['raw_sdk']}/s", f"{r['pusher']}/s",
                     f"{annotation['ratio']:.2f}"))
-    trainer = load("trainer_throughput")
-    for key, label in (("rm_pairs_per_s", "reward model (pairs) vs raw TRL"),
-                       ("ppo_episodes_per_s", "PPO (episodes) vs raw TRL")):
-        rates = trainer.get("rates", {}).get(key)
-        if rates:
-            out.append((label, f"{rates['raw_trl']:.1f}/s", f"{rates['ours']:.1f}/s",
-                        f"{trainer['ratio_ours_to_raw'][key]:.2f}"))
+    for results, model in (("trainer_throughput", "tiny"), ("trainer_throughput_smollm2", "SmolLM2-135M")):
+        trainer = load(results)
+        for key, label in (("rm_pairs_per_s", "reward model (pairs)"), ("ppo_episodes_per_s", "PPO (episodes)"),
+                           ("grpo_episodes_per_s", "GRPO (episodes)"), ("rloo_episodes_per_s", "RLOO (episodes)")):
+            rates = trainer.get("rates", {}).get(key)
+            if rates:
+                out.append((f"{label} {model} vs raw TRL", f"{rates['raw_trl']:.2f}/s", f"{rates['ours']:.2f}/s",
+                            f"{trainer['ratio_ours_to_raw'][key]:.2f}"))
     policy = load("policy_server_throughput").get("results", {})
     for model, values in policy.items():
         out.append((f"policy server {model} vs model.generate", f"{values['raw_tokens_per_s']:.1f} tok/s",
@@ -109,15 +113,16 @@ def summary() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="skip the real-model measurements (loop, algorithms)")
+    parser.add_argument("--quick", action="store_true", help="skip the slow real-model measurements (loop, algorithms, trainer on SmolLM2)")
     parser.add_argument("--summary-only", action="store_true", help="print the table from existing results")
     args = parser.parse_args()
     if not args.summary_only:
-        for module in SUITE:
-            if args.quick and module in ("bench.loop_efficacy", "bench.policy_algorithms"):
+        for module, arguments in SUITE:
+            name = " ".join([module, *arguments])
+            if args.quick and name in SLOW:
                 continue
-            print(f"== {module}", flush=True)
-            subprocess.run([sys.executable, "-m", module], check=True)
+            print(f"== {name}", flush=True)
+            subprocess.run([sys.executable, "-m", module, *arguments], check=True)
     text = summary()
     RESULTS.mkdir(parents=True, exist_ok=True)  # gitignored: absent on a fresh checkout
     (RESULTS / "summary.md").write_text(text + "\n")

@@ -1,5 +1,6 @@
-"""Trainer throughput: our training steps against raw TRL, same tiny model, same data,
-same run.
+"""Trainer throughput: our training steps against raw TRL, same model, same data, same
+run — the tiny test model (default) or SmolLM2-135M-Instruct (`--model smollm2`, the
+demo's model; results in trainer_throughput_smollm2.json).
 
   reward model - RewardTrainer on prompt/chosen/rejected pairs     (pairs/s)
                  (our `finetune` mode; the default `head` mode, a Bradley-Terry head
@@ -8,6 +9,10 @@ same run.
                  (raw: TRL's usual setup, a full trainable value model; ours: the
                  critic shares the reward model's frozen backbone, so the ratio
                  includes that design, not only wrapper overhead)
+  GRPO, RLOO   - GRPOTrainer / RLOOTrainer, LoRA policy, groups of  (episodes/s)
+                 `--generations` answers scored by the reward model (raw: the model
+                 passed to TRL as its reward function; ours: services.trainer's
+                 GroupOptimizer, which scores answers through shared.models.reward)
 
 The machine's 2 cores are shared, so timings are noisy: best and median of
 `--rounds` are both reported. Both sides do the same work end to end (load models, build the trainer, train,
@@ -18,6 +23,8 @@ PPO + evaluation, as a job process runs them); and the coordinator's RSS after e
 of 3 runs launched as job processes, the way the service runs them.
 
 Run: .venv/bin/python -m bench.trainer_throughput [--pairs 256 --episodes 64 --rounds 3]
+     .venv/bin/python -m bench.trainer_throughput --model smollm2   (~15 minutes on 2 cores;
+     the model prepared by `rlhf-loop models smollm2`; smaller default sizes, no memory cycles)
 """
 
 from __future__ import annotations
@@ -159,6 +166,56 @@ def our_ppo(policy_path: str, rm_path: str, out: Path, prompts: list[Any], episo
     return time.perf_counter() - started
 
 
+# -- GRPO / RLOO ----------------------------------------------------------------------
+
+def group_trl(name: str) -> tuple[Any, Any]:
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    return {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[name]
+
+
+def raw_group(name: str, policy_path: str, rm_path: str, out: Path, prompts: list[Any], steps: int, batch: int,
+              generations: int) -> float:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    config_class, trainer_class = group_trl(name)
+    started = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    tok.padding_side = "left"
+    policy = AutoModelForCausalLM.from_pretrained(policy_path)
+    reward = AutoModelForSequenceClassification.from_pretrained(rm_path, num_labels=1)
+    args = config_class(output_dir=str(out / "_t"), per_device_train_batch_size=batch, num_generations=generations,
+                        max_completion_length=32, learning_rate=1e-5, beta=0.05, temperature=0.7, top_k=0, top_p=1.0,
+                        max_steps=steps, **common())
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = trainer_class(model=policy, reward_funcs=reward, args=args, reward_processing_classes=tok,
+                            train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                            processing_class=tok, peft_config=lora)
+    trainer.train()
+    trainer.save_model(str(out))
+    elapsed = time.perf_counter() - started
+    del trainer, policy, reward
+    return elapsed
+
+
+def our_group(name: str, policy_path: str, rm_path: str, out: Path, prompts: list[Any], steps: int, batch: int,
+              generations: int) -> float:
+    from services.trainer.policy.base import PolicyData, PolicyTrainConfig
+    from services.trainer.policy.group import GroupOptimizer
+    from services.trainer.settings import Hyperparameters
+
+    hyper = Hyperparameters(num_generations=generations, group_steps=steps, policy_batch_size=batch,
+                            response_length=32, max_length=256, policy_learning_rate=1e-5, kl_coef=0.05,
+                            temperature=0.7, lora_r=8, lora_alpha=16, lora_target_modules=["q_proj", "v_proj"])
+    started = time.perf_counter()
+    GroupOptimizer(name, lambda: group_trl(name)).train(
+        PolicyTrainConfig(base_model=policy_path, reward_model=rm_path, output_dir=out, hyper=hyper),
+        PolicyData(prompts=prompts, pairs=[]))
+    return time.perf_counter() - started
+
+
 # -- cycles ---------------------------------------------------------------------------
 
 def full_cycles(root: Path, policy_path: str, rm_base: str, n_pairs: int, episodes: int, cycles: int) -> list[float]:
@@ -225,72 +282,117 @@ def daemon_cycles(root: Path, policy_path: str, rm_base: str, cycles: int) -> li
     return after
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=1024)
-    parser.add_argument("--episodes", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cycles", type=int, default=3)
-    args = parser.parse_args()
+SIZES = {  # defaults per model: the tiny model's run takes ~2 minutes, SmolLM2's ~15
+    "tiny": {"pairs": 1024, "episodes": 64, "batch": 8, "rounds": 5},
+    "smollm2": {"pairs": 48, "episodes": 16, "batch": 4, "rounds": 2},
+}
+ALGORITHMS = ("rm", "ppo", "grpo", "rloo")
 
+
+def models(choice: str, root: Path, smollm2_dir: Path) -> tuple[str, str, str]:
+    """(policy, reward-model base, description). SmolLM2 is both, as in the demo."""
+    if choice == "smollm2":
+        if not (smollm2_dir / "config.json").exists():
+            raise SystemExit(f"SmolLM2 not prepared at {smollm2_dir}: run `rlhf-loop models smollm2` first")
+        return str(smollm2_dir), str(smollm2_dir), "SmolLM2-135M-Instruct (fp32), LoRA r=8 on q_proj/v_proj, CPU"
     from services.trainer.tiny_models import build_tiny_models
 
+    policy, rm_base = (str(p) for p in build_tiny_models(root / "models"))
+    return policy, rm_base, "tiny Llama (hidden 64, 2 layers), LoRA r=8 on q_proj/v_proj, fp32, CPU"
+
+
+def one_round(r: int, root: Path, policy: str, rm_base: str, prefs: list[Any], args: argparse.Namespace,
+              times: dict[str, list[float]]) -> None:
+    """Every algorithm on both sides; which side goes first alternates by round. Each
+    side's policy runs score with the reward model that side just trained."""
+    prompts = [p.prompt for p in prefs]
+    steps = max(1, args.episodes // args.batch)
+    sides = [("raw", raw_rm, raw_ppo, raw_group), ("ours", our_rm, our_ppo, our_group)]
+    for name, rm_fn, ppo_fn, group_fn in (sides if r % 2 == 0 else sides[::-1]):
+        rm_out = root / f"rm-{name}-{r}"
+        times.setdefault(f"{name}_rm", []).append(rm_fn(rm_base, rm_out, prefs, args.batch))
+        times.setdefault(f"{name}_ppo", []).append(
+            ppo_fn(policy, str(rm_out), root / f"ppo-{name}-{r}", prompts[: args.episodes * 2], args.episodes,
+                   args.batch))
+        for algorithm in ("grpo", "rloo"):
+            times.setdefault(f"{name}_{algorithm}", []).append(
+                group_fn(algorithm, policy, str(rm_out), root / f"{algorithm}-{name}-{r}", prompts[: steps * 2],
+                         steps, args.batch, args.generations))
+        shutil.rmtree(root / f"ppo-{name}-{r}", ignore_errors=True)
+        gc.collect()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--smollm2-dir", type=Path, default=Path(".rlhf-loop/models/smollm2-135m-instruct"))
+    parser.add_argument("--pairs", type=int)
+    parser.add_argument("--episodes", type=int, help="PPO episodes; GRPO/RLOO run episodes/batch steps of batch answers")
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--generations", type=int, default=4, help="GRPO/RLOO answers per prompt (divides --batch)")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--cycles", type=int, default=3, help="memory cycles (tiny model only)")
+    args = parser.parse_args()
+    for key, value in SIZES[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.batch % args.generations:
+        parser.error("--batch must be a multiple of --generations (TRL's group batches)")
+    results = RESULTS if args.model == "tiny" else RESULTS.with_name(f"trainer_throughput_{args.model}.json")
+
     root = Path(tempfile.mkdtemp(prefix="trainer-bench-"))
+    memory: dict[str, Any] = {}
     try:
-        policy, rm_base = (str(p) for p in build_tiny_models(root / "models"))
+        policy, rm_base, description = models(args.model, root, args.smollm2_dir)
         prefs = make_prefs(args.pairs)
-        prompts = [p.prompt for p in prefs]
         rss_start = rss_mb()
         times: dict[str, list[float]] = {}
         for r in range(args.rounds):
-            sides = [("raw", raw_rm, raw_ppo), ("ours", our_rm, our_ppo)]
-            for name, rm_fn, ppo_fn in (sides if r % 2 == 0 else sides[::-1]):
-                rm_out = root / f"rm-{name}-{r}"
-                times.setdefault(f"{name}_rm", []).append(rm_fn(rm_base, rm_out, prefs, args.batch))
-                times.setdefault(f"{name}_ppo", []).append(
-                    ppo_fn(policy, str(rm_out), root / f"ppo-{name}-{r}", prompts[: args.episodes * 2],
-                           args.episodes, args.batch))
-                gc.collect()
+            one_round(r, root, policy, rm_base, prefs, args, times)
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()),
+                  flush=True)
         for r in range(args.rounds):  # cold cache each round, then the same pairs again (warm)
             cache_file = root / f"features-{r}.sqlite"
             times.setdefault("head_rm_cold", []).append(head_rm(rm_base, root / f"head-{r}", prefs, cache_file))
             times.setdefault("head_rm_warm", []).append(head_rm(rm_base, root / f"head-{r}b", prefs, cache_file))
-        daemon_start = rss_mb()
-        daemon = daemon_cycles(root / "daemon", policy, rm_base, args.cycles)
-        cycles = full_cycles(root / "cycles", policy, rm_base, min(args.pairs, 64), args.episodes, args.cycles)
+        memory = {"start": round(rss_start, 1)}
+        if args.model == "tiny":
+            memory["coordinator_before_job_cycles"] = round(rss_mb(), 1)
+            memory["coordinator_after_each_job_process_cycle"] = daemon_cycles(root / "daemon", policy, rm_base,
+                                                                               args.cycles)
+            memory["after_each_full_cycle_in_process"] = full_cycles(root / "cycles", policy, rm_base,
+                                                                     min(args.pairs, 64), args.episodes, args.cycles)
+        memory["peak"] = round(peak_rss_mb(), 1)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     best = {k: min(v) for k, v in times.items()}
     median = {k: statistics.median(v) for k, v in times.items()}
-    rates = {
-        "rm_pairs_per_s": {"raw_trl": args.pairs / best["raw_rm"], "ours": args.pairs / best["ours_rm"]},
-        "ppo_episodes_per_s": {"raw_trl": args.episodes / best["raw_ppo"], "ours": args.episodes / best["ours_ppo"]},
-    }
+    work = {"rm": args.pairs, "ppo": args.episodes, "grpo": max(1, args.episodes // args.batch) * args.batch,
+            "rloo": max(1, args.episodes // args.batch) * args.batch}
+    keys = {"rm": "rm_pairs_per_s", "ppo": "ppo_episodes_per_s", "grpo": "grpo_episodes_per_s",
+            "rloo": "rloo_episodes_per_s"}
+    rates = {keys[a]: {"raw_trl": work[a] / best[f"raw_{a}"], "ours": work[a] / best[f"ours_{a}"]} for a in ALGORITHMS}
+    median_ratio = {keys[a]: median[f"raw_{a}"] / median[f"ours_{a}"] for a in ALGORITHMS}
     head_rates = {"cold_cache": round(args.pairs / best["head_rm_cold"], 1),
                   "warm_cache": round(args.pairs / best["head_rm_warm"], 1)}
-    median_ratio = {"rm_pairs_per_s": median["raw_rm"] / median["ours_rm"],
-                    "ppo_episodes_per_s": median["raw_ppo"] / median["ours_ppo"]}
     result = {
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.python_implementation()} {platform.python_version()}",
-        "model": "tiny Llama (hidden 64, 2 layers), LoRA r=8, fp32, CPU",
-        "pairs": args.pairs, "episodes": args.episodes, "batch": args.batch, "rounds": args.rounds,
-        "note": "wall time per side includes model load, trainer build, training and save",
+        "model": description,
+        "pairs": args.pairs, "episodes": args.episodes, "batch": args.batch, "generations": args.generations,
+        "rounds": args.rounds,
+        "note": "wall time per side includes model load, trainer build, training and save; rates from the best round",
         "rates": {k: {s: round(v, 2) for s, v in d.items()} for k, d in rates.items()},
         "ratio_ours_to_raw": {k: round(d["ours"] / d["raw_trl"], 3) for k, d in rates.items()},
         "ratio_ours_to_raw_median": {k: round(v, 3) for k, v in median_ratio.items()},
         "head_rm_pairs_per_s": head_rates,
         "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
-        "rss_mb": {"start": round(rss_start, 1), "after_each_full_cycle_in_process": cycles,
-                   "peak": round(peak_rss_mb(), 1),
-                   "coordinator_before_job_cycles": round(daemon_start, 1),
-                   "coordinator_after_each_job_process_cycle": daemon},
+        "rss_mb": memory,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    print(f"written to {RESULTS}")
+    print(f"written to {results}")
 
 
 if __name__ == "__main__":
