@@ -26,6 +26,7 @@ from services.policy_server.api import create_app
 from services.policy_server.metrics import PolicyServerMetrics
 from services.policy_server.models import BASE_VERSION, PolicyPool
 from services.policy_server.routing import Router
+from services.policy_server.settings import PolicyServerOptions
 from services.trainer.tiny_models import build_tiny_policy
 from tests.helpers.openai_stub import serve
 
@@ -76,8 +77,8 @@ def in_worker_thread(function, *args):  # type: ignore[no-untyped-def]
         return pool.submit(function, *args).result()
 
 
-def measure(name: str, model_dir: Path, requests: int, max_tokens: int) -> dict[str, float]:
-    pool = PolicyPool(model_dir)
+def measure(name: str, model_dir: Path, requests: int, max_tokens: int, window_ms: float) -> dict[str, float]:
+    pool = PolicyPool(model_dir, batch_window_ms=window_ms)
     assert pool.versions == [BASE_VERSION]
     in_worker_thread(raw, pool, 2, max_tokens)  # warm-up
     raw_s, raw_tokens = in_worker_thread(raw, pool, requests, max_tokens)
@@ -95,21 +96,25 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--smollm2-dir", default=".rlhf-loop/models/smollm2-135m-instruct")
+    parser.add_argument("--batch-window-ms", type=float, default=PolicyServerOptions().batch_window_ms,
+                        help="the server's batching window (a lone client waits it out on every request)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"{'model':<18}{'raw tok/s':>12}{'ours tok/s':>12}{'raw rq/s':>10}{'ours rq/s':>10}{'ratio':>8}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["tiny"] = measure("tiny (2-layer)", build_tiny_policy(Path(tmp) / "tiny"), args.requests,
-                                  args.max_tokens)
+                                  args.max_tokens, args.batch_window_ms)
     smol = Path(args.smollm2_dir)
     if (smol / "config.json").exists():
-        results["smollm2-135m"] = measure("SmolLM2-135M", smol, max(5, args.requests // 3), args.max_tokens)
+        results["smollm2-135m"] = measure("SmolLM2-135M", smol, max(5, args.requests // 3), args.max_tokens,
+                                          args.batch_window_ms)
     else:
         print(f"(SmolLM2 not prepared at {smol}: run `rlhf-loop models smollm2` to include it)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                   "max_tokens": args.max_tokens, "results": results}, indent=2))
+                                   "max_tokens": args.max_tokens,
+                                   "batch_window_ms": args.batch_window_ms, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
