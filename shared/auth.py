@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import HTTPException, Request
@@ -44,11 +44,14 @@ def bearer_matches(authorization: str | None, token: SecretStr) -> bool:
         presented.strip().encode("utf-8", "replace"), token.get_secret_value().encode("utf-8"))
 
 
-def bearer_dependency(token: SecretStr, setting: str) -> Callable[[Request], None]:
+def bearer_dependency(token: SecretStr, setting: str) -> Callable[[Request], Awaitable[None]]:
     """A FastAPI dependency: 401 (with `WWW-Authenticate: Bearer`) unless the request
-    carries `token`. `setting` names where the token is configured, for the message."""
+    carries `token`. `setting` names where the token is configured, for the message.
+    A coroutine, though it never awaits: FastAPI runs a plain `def` dependency on its
+    thread pool, a thread hop per request that was ~9% of capture's single-event
+    request."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         if not bearer_matches(request.headers.get("authorization"), token):
             raise HTTPException(401, f"missing or invalid bearer token ({setting})",
                                 headers={"WWW-Authenticate": "Bearer"})

@@ -8,7 +8,7 @@ request; an unacknowledged write is a 503 with Retry-After, never a 202.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,7 +44,7 @@ def ingest_router(
     options: CaptureOptions,
     publisher: OutputPublisher,
     metrics: CaptureMetrics,
-    check_token: Callable[[Request], None],
+    check_token: Callable[[Request], Awaitable[None]],
 ) -> APIRouter:
     router = APIRouter(dependencies=[Depends(check_token)], tags=["ingest"])
 

@@ -7,7 +7,7 @@ token is named.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import Request
@@ -18,10 +18,11 @@ from shared.auth import bearer_dependency, token_or_generated
 from .settings import CaptureSettings
 
 
-def token_checker(token: SecretStr | None, disabled: bool) -> Callable[[Request], None]:
-    """A FastAPI dependency raising 401 unless the request carries the bearer token."""
+def token_checker(token: SecretStr | None, disabled: bool) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency raising 401 unless the request carries the bearer token
+    (a coroutine, so FastAPI calls it inline: see shared.auth.bearer_dependency)."""
     if disabled:
-        def open_door(request: Request) -> None:  # annotated: FastAPI reads the signature
+        async def open_door(request: Request) -> None:  # annotated: FastAPI reads the signature
             return None
 
         return open_door

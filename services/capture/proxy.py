@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -70,7 +70,7 @@ def proxy_router(
     client: httpx.AsyncClient,
     capture: BackgroundCapture,
     metrics: CaptureMetrics,
-    check_token: Callable[[Request], None],
+    check_token: Callable[[Request], Awaitable[None]],
 ) -> APIRouter:
     deps = [Depends(check_token)] if options.proxy_auth == "token" else []
     router = APIRouter(dependencies=deps, tags=["proxy"])
