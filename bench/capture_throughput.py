@@ -9,7 +9,9 @@ so the client's own cost stays small next to the server's. Rows:
                     ack (what "answer only after the ack" costs without HTTP)
   http single     - POST /v1/outputs, C concurrent connections, 202 after the ack
   http batch      - POST /v1/outputs/batch, B events per request, C connections
-Every row moves the same ~1.4 KB ModelOutput events (2 candidates).
+Every row moves the same ~1.4 KB ModelOutput events (2 candidates). Beside the rates,
+the CPU time each process (this one, the capture service, the broker) spent per event
+in each row, from /proc: where the time goes when the ratio is short.
 
 Run: .venv/bin/python -m bench.capture_throughput [--single 6000 --batch 30000]
 """
@@ -128,6 +130,19 @@ def start_service(broker: EmbeddedBroker, port: int) -> subprocess.Popen[bytes]:
     return process
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(pids: dict[str, int], run: Any) -> tuple[float, dict[str, float]]:
+    """`run()`'s seconds (its return value) and each process's CPU seconds meanwhile."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    seconds = run()
+    return seconds, {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+
+
 def accepted_by_service(port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -149,8 +164,10 @@ def main() -> None:
         service = start_service(broker, port)
         try:
             best: dict[str, float] = {}
+            cpu: dict[str, dict[str, float]] = {}  # of the best round, per event
             counts = {"raw_pipelined": args.batch, "raw_acked": args.single,
                       "http_single": args.single, "http_batch": args.batch}
+            pids = {"bench": os.getpid(), "service": service.pid, "broker": broker.pid or 0}
             sent = 0
             for r in range(args.rounds):
                 single = [json.dumps(p).encode() for p in make_payloads(args.single, f"s{r}")]
@@ -159,15 +176,26 @@ def main() -> None:
                            for i in range(0, len(items), args.batch_size)]
                 http_run(port, single[:200], "/v1/outputs", 4)  # warm-up: connections, metadata
                 sent += 200
-                single_s, single_ok = http_run(port, single, "/v1/outputs", args.concurrency)
-                batch_s, batch_ok = http_run(port, batches, "/v1/outputs/batch", args.batch_concurrency)
-                assert single_ok == len(single) and batch_ok == len(batches), (single_ok, batch_ok)
+                oks: dict[str, int] = {}
+
+                def http(name: str, bodies: list[bytes], path: str, concurrency: int) -> float:
+                    seconds, oks[name] = http_run(port, bodies, path, concurrency)
+                    return seconds
+
+                raw_items, raw_singles = make_payloads(args.batch, f"rp{r}"), make_payloads(args.single, f"ra{r}")
+                phases = {
+                    "http_single": lambda: http("single", single, "/v1/outputs", args.concurrency),
+                    "http_batch": lambda: http("batch", batches, "/v1/outputs/batch", args.batch_concurrency),
+                    "raw_pipelined": lambda: raw_pipelined(kafka, raw_items),
+                    "raw_acked": lambda: raw_acked(kafka, raw_singles, args.concurrency),
+                }
+                for name, phase in phases.items():
+                    seconds, spent = timed(pids, phase)
+                    if seconds < best.get(name, float("inf")):
+                        best[name] = seconds
+                        cpu[name] = {k: round(v * 1e6 / counts[name], 1) for k, v in spent.items()}
+                assert oks == {"single": len(single), "batch": len(batches)}, oks
                 sent += len(single) + len(items)
-                timings = {"raw_pipelined": raw_pipelined(kafka, make_payloads(args.batch, f"rp{r}")),
-                           "raw_acked": raw_acked(kafka, make_payloads(args.single, f"ra{r}"), args.concurrency),
-                           "http_single": single_s, "http_batch": batch_s}
-                for name, seconds in timings.items():
-                    best[name] = min(best.get(name, float("inf")), seconds)
             stored = accepted_by_service(port)
             assert stored == sent, f"service acknowledged {stored} events, bench sent {sent}"
         finally:
@@ -186,6 +214,7 @@ def main() -> None:
         "ratio_to_raw_pipelined": {k: round(rates[k] / rates["raw_pipelined"], 3)
                                    for k in ("http_single", "http_batch", "raw_acked")},
         "ratio_single_to_raw_acked": round(rates["http_single"] / rates["raw_acked"], 3),
+        "cpu_us_per_event": cpu,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
@@ -200,6 +229,8 @@ def main() -> None:
     for key, label in labels.items():
         print(f"{label:<44}{rates[key]:>10,.0f}{rates[key] / rates['raw_pipelined']:>18.2f}")
     print(f"http single vs raw acked at the same concurrency: {result['ratio_single_to_raw_acked']:.2f}")
+    print("CPU µs per event (best round): " + "; ".join(
+        f"{labels[k].split(',')[0]}: " + ", ".join(f"{p} {v}" for p, v in cpu[k].items()) for k in labels))
     print(f"written to {RESULTS}")
 
 
