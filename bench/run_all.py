@@ -3,7 +3,7 @@ embedded parts), then one table of the ratios measured side by side, and the loo
 latencies and memory. Results: bench/results/*.json and bench/results/summary.md.
 
 Run: make bench   (about 105 minutes on 2 cores: the loop ~50, the algorithms ~35, the trainer on
-SmolLM2 ~15; --quick skips those three, 15-25 minutes)
+SmolLM2 ~10; --quick skips those three, 15-25 minutes)
 """
 
 from __future__ import annotations
@@ -18,19 +18,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-SUITE = [  # (module, arguments)
-    ("bench.bus_throughput", []),
-    ("bench.capture_throughput", []),
-    ("bench.sampler_throughput", []),
-    ("bench.annotation_throughput", []),
-    ("bench.trainer_throughput", []),
-    ("bench.policy_server_throughput", []),
-    ("bench.policy_server_concurrency", []),
-    ("bench.trainer_throughput", ["--model", "smollm2"]),
-    ("bench.policy_algorithms", []),
-    ("bench.loop_efficacy", []),
+SUITE = [  # (module, arguments, slow: skipped by --quick)
+    ("bench.bus_throughput", [], False),
+    ("bench.capture_throughput", [], False),
+    ("bench.sampler_throughput", [], False),
+    ("bench.annotation_throughput", [], False),
+    ("bench.trainer_throughput", [], False),
+    ("bench.policy_server_throughput", [], False),
+    ("bench.policy_server_concurrency", [], False),
+    ("bench.trainer_throughput", ["--model", "smollm2"], True),
+    ("bench.policy_algorithms", [], True),
+    ("bench.loop_efficacy", [], True),
 ]
-SLOW = {"bench.loop_efficacy", "bench.policy_algorithms", "bench.trainer_throughput --model smollm2"}  # not in --quick
 
 
 def load(name: str) -> dict:  # type: ignore[type-arg]
@@ -117,11 +116,10 @@ def main() -> None:
     parser.add_argument("--summary-only", action="store_true", help="print the table from existing results")
     args = parser.parse_args()
     if not args.summary_only:
-        for module, arguments in SUITE:
-            name = " ".join([module, *arguments])
-            if args.quick and name in SLOW:
+        for module, arguments, slow in SUITE:
+            if args.quick and slow:
                 continue
-            print(f"== {name}", flush=True)
+            print(f"== {' '.join([module, *arguments])}", flush=True)
             subprocess.run([sys.executable, "-m", module, *arguments], check=True)
     text = summary()
     RESULTS.mkdir(parents=True, exist_ok=True)  # gitignored: absent on a fresh checkout

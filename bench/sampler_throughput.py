@@ -115,7 +115,6 @@ def main() -> None:
     parser.add_argument("--scored", type=int, default=300)
     args = parser.parse_args()
     outputs = make_outputs(args.messages)
-    best = {"raw": float("inf"), "ours": float("inf")}
     seconds: dict[str, list[float]] = {"raw": [], "ours": []}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         workdir = Path(tmp)
@@ -136,10 +135,9 @@ def main() -> None:
                      ("ours", lambda: sampler_consume(kafka, our_topic, args.messages, workdir))]
             for name, run in (sides if r % 2 == 0 else sides[::-1]):
                 seconds[name].append(run())
-                best[name] = min(best[name], seconds[name][-1])
             print(f"round {r + 1}: raw {args.messages / seconds['raw'][-1]:,.0f}/s, "
                   f"sampler {args.messages / seconds['ours'][-1]:,.0f}/s", flush=True)
-        raw_rate, our_rate = args.messages / best["raw"], args.messages / best["ours"]
+        raw_rate, our_rate = args.messages / min(seconds["raw"]), args.messages / min(seconds["ours"])
         raw_scoring, our_scoring = uncertainty_rates(outputs[: args.scored + 1], workdir)
     result = {
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

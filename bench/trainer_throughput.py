@@ -23,7 +23,7 @@ PPO + evaluation, as a job process runs them); and the coordinator's RSS after e
 of 3 runs launched as job processes, the way the service runs them.
 
 Run: .venv/bin/python -m bench.trainer_throughput [--pairs 256 --episodes 64 --rounds 3]
-     .venv/bin/python -m bench.trainer_throughput --model smollm2   (~15 minutes on 2 cores;
+     .venv/bin/python -m bench.trainer_throughput --model smollm2   (~10 minutes on 2 cores;
      the model prepared by `rlhf-loop models smollm2`; smaller default sizes, no memory cycles)
 """
 
@@ -76,6 +76,19 @@ def common() -> dict[str, Any]:
     return trl_common_args(resolve_device())
 
 
+# One LoRA shape on both sides: raw builds PEFT's config itself, ours sets the trainer's
+# hyperparameters that become the same config (services.trainer.policy.base.lora_config).
+LORA_R, LORA_ALPHA, LORA_TARGETS = 8, 16, ["q_proj", "v_proj"]
+OUR_LORA: dict[str, Any] = {"lora_r": LORA_R, "lora_alpha": LORA_ALPHA, "lora_target_modules": LORA_TARGETS}
+
+
+def raw_lora() -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                      task_type="CAUSAL_LM")
+
+
 # -- reward model ---------------------------------------------------------------------
 
 def raw_rm(init: str, out: Path, prefs: list[Any], batch: int) -> float:
@@ -125,7 +138,6 @@ def head_rm(backbone_path: str, out: Path, prefs: list[Any], cache_file: Path) -
 
 def raw_ppo(policy_path: str, rm_path: str, out: Path, prompts: list[Any], episodes: int, batch: int) -> float:
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
@@ -140,7 +152,7 @@ def raw_ppo(policy_path: str, rm_path: str, out: Path, prompts: list[Any], episo
     args = PPOConfig(output_dir=str(out / "_t"), per_device_train_batch_size=batch, num_mini_batches=1,
                      total_episodes=episodes, response_length=32, learning_rate=1e-5, kl_coef=0.05, stop_token="eos",
                      missing_eos_penalty=1.0, num_sample_generations=0, **common())
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    lora = raw_lora()
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
                          train_dataset=ds, value_model=value, peft_config=lora)
     trainer.train()
@@ -159,7 +171,7 @@ def our_ppo(policy_path: str, rm_path: str, out: Path, prompts: list[Any], episo
     # the raw side's settings, so both do the same rollouts and updates
     hyper = Hyperparameters(ppo_episodes=episodes, policy_batch_size=batch, response_length=32, max_length=256,
                             policy_learning_rate=1e-5, ppo_epochs=1, ppo_mini_batches=1, kl_coef=0.05,
-                            missing_eos_penalty=1.0, lora_r=8, lora_alpha=16, lora_target_modules=["q_proj", "v_proj"])
+                            missing_eos_penalty=1.0, **OUR_LORA)
     started = time.perf_counter()
     PpoOptimizer().train(PolicyTrainConfig(base_model=policy_path, reward_model=rm_path, output_dir=out, hyper=hyper),
                          PolicyData(prompts=prompts, pairs=[]))
@@ -177,7 +189,6 @@ def group_trl(name: str) -> tuple[Any, Any]:
 def raw_group(name: str, policy_path: str, rm_path: str, out: Path, prompts: list[Any], steps: int, batch: int,
               generations: int) -> float:
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     config_class, trainer_class = group_trl(name)
@@ -189,7 +200,7 @@ def raw_group(name: str, policy_path: str, rm_path: str, out: Path, prompts: lis
     args = config_class(output_dir=str(out / "_t"), per_device_train_batch_size=batch, num_generations=generations,
                         max_completion_length=32, learning_rate=1e-5, beta=0.05, temperature=0.7, top_k=0, top_p=1.0,
                         max_steps=steps, **common())
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    lora = raw_lora()
     trainer = trainer_class(model=policy, reward_funcs=reward, args=args, reward_processing_classes=tok,
                             train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
                             processing_class=tok, peft_config=lora)
@@ -208,7 +219,7 @@ def our_group(name: str, policy_path: str, rm_path: str, out: Path, prompts: lis
 
     hyper = Hyperparameters(num_generations=generations, group_steps=steps, policy_batch_size=batch,
                             response_length=32, max_length=256, policy_learning_rate=1e-5, kl_coef=0.05,
-                            temperature=0.7, lora_r=8, lora_alpha=16, lora_target_modules=["q_proj", "v_proj"])
+                            temperature=0.7, **OUR_LORA)
     started = time.perf_counter()
     GroupOptimizer(name, lambda: group_trl(name)).train(
         PolicyTrainConfig(base_model=policy_path, reward_model=rm_path, output_dir=out, hyper=hyper),
@@ -282,7 +293,7 @@ def daemon_cycles(root: Path, policy_path: str, rm_base: str, cycles: int) -> li
     return after
 
 
-SIZES = {  # defaults per model: the tiny model's run takes ~2 minutes, SmolLM2's ~15
+SIZES = {  # defaults per model: the tiny model's run takes ~2 minutes, SmolLM2's ~10
     "tiny": {"pairs": 1024, "episodes": 64, "batch": 8, "rounds": 5},
     "smollm2": {"pairs": 48, "episodes": 16, "batch": 4, "rounds": 2},
 }
@@ -301,12 +312,17 @@ def models(choice: str, root: Path, smollm2_dir: Path) -> tuple[str, str, str]:
     return policy, rm_base, "tiny Llama (hidden 64, 2 layers), LoRA r=8 on q_proj/v_proj, fp32, CPU"
 
 
+def group_steps(args: argparse.Namespace) -> int:
+    """GRPO/RLOO optimiser steps: each takes `batch` answers, `episodes` in all."""
+    return max(1, args.episodes // args.batch)
+
+
 def one_round(r: int, root: Path, policy: str, rm_base: str, prefs: list[Any], args: argparse.Namespace,
               times: dict[str, list[float]]) -> None:
     """Every algorithm on both sides; which side goes first alternates by round. Each
     side's policy runs score with the reward model that side just trained."""
     prompts = [p.prompt for p in prefs]
-    steps = max(1, args.episodes // args.batch)
+    steps = group_steps(args)
     sides = [("raw", raw_rm, raw_ppo, raw_group), ("ours", our_rm, our_ppo, our_group)]
     for name, rm_fn, ppo_fn, group_fn in (sides if r % 2 == 0 else sides[::-1]):
         rm_out = root / f"rm-{name}-{r}"
@@ -367,8 +383,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     best = {k: min(v) for k, v in times.items()}
     median = {k: statistics.median(v) for k, v in times.items()}
-    work = {"rm": args.pairs, "ppo": args.episodes, "grpo": max(1, args.episodes // args.batch) * args.batch,
-            "rloo": max(1, args.episodes // args.batch) * args.batch}
+    answers = group_steps(args) * args.batch
+    work = {"rm": args.pairs, "ppo": args.episodes, "grpo": answers, "rloo": answers}
     keys = {"rm": "rm_pairs_per_s", "ppo": "ppo_episodes_per_s", "grpo": "grpo_episodes_per_s",
             "rloo": "rloo_episodes_per_s"}
     rates = {keys[a]: {"raw_trl": work[a] / best[f"raw_{a}"], "ours": work[a] / best[f"ours_{a}"]} for a in ALGORITHMS}
