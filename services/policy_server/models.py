@@ -9,8 +9,9 @@ row's computation what it is alone and the adapter switching as it was, and a ca
 takes a small share of traffic, so its requests rarely have company anyway. With
 `max_batch_size=1` every request is generated alone, as before batching. A stream
 (`stream`, n=1) is generated alone too, between batches: its tokens go out as they
-are produced. Loading a new adapter happens beside the serving ones and only then
-becomes routable, so a reload never drops a request in flight; requests queued for a
+are produced. All of it runs on one thread, the batcher's: streams, adapter loads and
+unloads are queued there as tasks (batching.py says why one thread: OpenMP). Loading
+a new adapter happens beside the serving ones and only then becomes routable, so a reload never drops a request in flight; requests queued for a
 version unloaded meanwhile fail with KeyError (the API routes them again).
 
 `close()` is for shutdown: generation cannot be cancelled from outside its thread, and
@@ -29,6 +30,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -38,6 +40,7 @@ from .batching import Batcher
 log = logging.getLogger(__name__)
 
 BASE_VERSION = "base"
+T = TypeVar("T")
 
 
 class ShuttingDown(RuntimeError):
@@ -59,10 +62,12 @@ BatchObserver = Callable[[str, int, int], None]  # version, requests, rows of on
 
 class PolicyPool:
     def __init__(self, base_model: Path, device: str | None = None, max_batch_size: int = 8,
-                 batch_window_ms: float = 25.0, on_batch: BatchObserver | None = None) -> None:
+                 batch_window_ms: float = 25.0, on_batch: BatchObserver | None = None,
+                 batch_gap_ms: float | None = None) -> None:
         """`max_batch_size`: rows (n per request) generated together; 1 = one request
         at a time. `batch_window_ms`: how long the oldest queued request waits for
-        others to join. `on_batch`: told of every batch (metrics)."""
+        others to join; `batch_gap_ms`: but no longer than this after the latest
+        arrival (None: the window alone). `on_batch`: told of every batch (metrics)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,7 +82,8 @@ class PolicyPool:
         self._closed = threading.Event()
         self._stop_when_closed = _StopWhenClosed(self._closed)
         self._on_batch = on_batch
-        self._batcher = Batcher(self._run_batch, max_batch_size, batch_window_ms / 1000)
+        self._batcher = Batcher(self._run_batch, max_batch_size, batch_window_ms / 1000,
+                                None if batch_gap_ms is None else batch_gap_ms / 1000)
 
     def close(self) -> None:
         """Stop every generation at its next token; refuse new ones (see module doc)."""
@@ -92,6 +98,15 @@ class PolicyPool:
     def batch_window_ms(self, value: float) -> None:
         """Takes effect from the next batch (tests set up versions, then widen it)."""
         self._batcher.window_s = max(0.0, value) / 1000
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._batcher.max_rows
+
+    @max_batch_size.setter
+    def max_batch_size(self, rows: int) -> None:
+        """Takes effect from the next batch (a benchmark compares 1 and 8 on one pool)."""
+        self._batcher.max_rows = max(1, rows)
 
     def queued(self) -> int:
         """Requests waiting for a batch."""
@@ -115,26 +130,44 @@ class PolicyPool:
 
         PeftConfig.from_pretrained(str(adapter_dir))
         load_peft_weights(str(adapter_dir), device="cpu")
-        with self._lock:
-            if self._model is self._base:
-                self._model = PeftModel.from_pretrained(self._base, str(adapter_dir), adapter_name=version)
-            else:
-                try:
-                    self._model.load_adapter(str(adapter_dir), adapter_name=version)
-                except Exception:
-                    if version in self._model.peft_config:
-                        self._model.delete_adapter(version)
-                    raise
-            self._model.eval()
-            self._adapters[version] = adapter_dir
+
+        def attach() -> None:
+            with self._lock:
+                if version in self._adapters:  # loaded meanwhile by another caller
+                    return
+                if self._model is self._base:
+                    self._model = PeftModel.from_pretrained(self._base, str(adapter_dir), adapter_name=version)
+                else:
+                    try:
+                        self._model.load_adapter(str(adapter_dir), adapter_name=version)
+                    except Exception:
+                        if version in self._model.peft_config:
+                            self._model.delete_adapter(version)
+                        raise
+                self._model.eval()
+                self._adapters[version] = adapter_dir
+
+        self.on_model_thread(attach)
         log.info("loaded policy %s from %s", version, adapter_dir)
 
     def unload(self, version: str) -> None:
         if version not in self._adapters:
             return
-        with self._lock:
-            self._model.delete_adapter(version)
-            del self._adapters[version]
+
+        def detach() -> None:
+            with self._lock:
+                if version in self._adapters:
+                    self._model.delete_adapter(version)
+                    del self._adapters[version]
+
+        self.on_model_thread(detach)
+
+    def on_model_thread(self, task: Callable[[], T]) -> T:
+        """Run `task` on the batcher's thread, the one thread that touches the model
+        (batching.py says why), and wait for it; ShuttingDown once the pool is closed.
+        Benchmarks run raw `generate` here too, in the same OpenMP state as the pool."""
+        self._refuse_if_closed()
+        return self._batcher.call(task).result()
 
     def generate(self, messages: list[dict[str, str]], version: str, n: int, max_tokens: int,
                  temperature: float, top_p: float, seed: int | None = None) -> list[Generation]:
@@ -167,8 +200,9 @@ class PolicyPool:
     def stream(self, messages: list[dict[str, str]], version: str, max_tokens: int, temperature: float,
                top_p: float, seed: int | None = None) -> tuple[Iterator[str], StreamedGeneration]:
         """One answer, token by token as it is generated (text deltas). Generation runs
-        on its own thread, holding the lock; the returned result is complete once the
-        iterator ends (it re-raises a generation error at the end)."""
+        on the model thread as a task of its own, between batches; the returned result
+        is complete once the iterator ends (it re-raises a generation error, or the
+        ShuttingDown of a stream that never started, at the end)."""
         from transformers import TextIteratorStreamer
 
         if not self.has(version):
@@ -198,15 +232,22 @@ class PolicyPool:
                 result.error = error
                 streamer.end()
 
-        worker = threading.Thread(target=run, name="policy-stream", daemon=True)
-        worker.start()
+        self._refuse_if_closed()
+        task = self._batcher.call(run)
+
+        def never_ran(future: Future[None]) -> None:  # refused while queued: the pool closed
+            if future.exception() is not None and result.error is None:
+                result.error = future.exception()
+                streamer.end()
+
+        task.add_done_callback(never_ran)
 
         def deltas() -> Iterator[str]:
             for piece in streamer:
                 result.text += piece
                 if piece:
                     yield piece
-            worker.join()
+            task.exception()  # the task is over (ran, or refused)
             if result.error is not None:
                 raise result.error
 

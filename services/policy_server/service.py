@@ -44,7 +44,8 @@ def main(stop: threading.Event) -> None:
         metrics = PolicyServerMetrics(app.registry)
         registry_dir = Path(options.registry_dir or Path(settings.data_dir) / "registry")
         pool = PolicyPool(base_model_path(settings), max_batch_size=options.max_batch_size,
-                          batch_window_ms=options.batch_window_ms, on_batch=metrics.observe_batch)
+                          batch_window_ms=options.batch_window_ms, batch_gap_ms=options.batch_gap_ms,
+                          on_batch=metrics.observe_batch)
         router = Router(seed=options.canary_seed)
         app.produces(OUTPUTS)
         http_app = create_app(

@@ -20,6 +20,9 @@ class PolicyServerOptions(BaseModel):
     batch_window_ms: float = Field(
         default=25.0, ge=0, le=1000, description="how long the oldest queued request waits for others to join its "
         "batch; requests arriving while a batch runs join the next one anyway")
+    batch_gap_ms: float = Field(
+        default=3.0, ge=0, le=1000, description="but no longer than this after the latest arrival: a burst is "
+        "collected while it keeps arriving, a lone request does not wait out the window")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger request bodies get 413")
     capture: bool = Field(default=True, description="capture every completion to rlhf.outputs")
     canary_seed: int | None = Field(default=None, description="fixes the canary draw (tests, replays)")

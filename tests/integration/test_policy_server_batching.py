@@ -164,3 +164,44 @@ def test_queued_requests_of_a_version_unloaded_meanwhile_are_routed_again(regist
     assert batches(server, "policy-v0002") == before[1]  # its batch failed: unloaded
     assert batches(server, "policy-v0001") == (before[0][0] + 1, before[0][1] + 3)
     assert [r.choices[0].message.content for r in results] == serial_answer(server, "policy-v0001", "hello there", 4) * 3
+
+
+def test_every_use_of_the_model_runs_on_the_one_model_thread(registry_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches, streams, adapter loads and unloads all run on the batcher's thread,
+    whichever thread asks: torch's OpenMP runtime stops spinning between kernels once
+    more threads than cores have used it (batching.py), which slowed SmolLM2
+    generation 1.6x here. Before, a stream ran on a thread of its own and an adapter
+    was attached on the caller's thread."""
+    from peft import PeftModel
+
+    server = Server(registry_dir, None, max_batch_size=4, batch_window_ms=0)
+    threads: list[tuple[str, str]] = []
+    server.pool._base.register_forward_pre_hook(  # noqa: SLF001 - every forward pass, wrapped or not
+        lambda *_: threads.append(("forward", threading.current_thread().name)))
+    attach = PeftModel.from_pretrained.__func__  # type: ignore[attr-defined]
+    load_more = PeftModel.load_adapter
+    delete = PeftModel.delete_adapter
+
+    def noting(kind: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            threads.append((kind, threading.current_thread().name))
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(PeftModel, "from_pretrained", classmethod(noting("attach", attach)))
+    monkeypatch.setattr(PeftModel, "load_adapter", noting("load", load_more))
+    monkeypatch.setattr(PeftModel, "delete_adapter", noting("delete", delete))
+    for version in ("policy-v0001", "policy-v0002"):  # on a thread of its own, as the version manager's
+        loader = threading.Thread(target=server.pool.load, args=(version, server.model_registry.path("policy", version)))
+        loader.start()
+        loader.join(60)
+    messages = [{"role": "user", "content": "hello there"}]
+    server.pool.generate(messages, "policy-v0001", n=2, max_tokens=3, temperature=0, top_p=1.0)
+    deltas, result = server.pool.stream(messages, "policy-v0002", max_tokens=3, temperature=0, top_p=1.0)
+    assert "".join(deltas) == result.text and result.completion_tokens > 0
+    server.pool.unload("policy-v0002")
+    assert server.pool.versions == [BASE_VERSION, "policy-v0001"]
+    kinds = {kind for kind, _ in threads}
+    assert kinds == {"forward", "attach", "load", "delete"}, threads
+    assert {name for _, name in threads} == {"policy-batcher"}, threads

@@ -88,3 +88,31 @@ def test_closing_fails_what_is_queued_refuses_new_requests_and_cancelled_ones_ar
     run.release.set()
     assert generating.result(5)[0].text == "a:0:0"  # the pool's own close stops a batch in progress
     assert run.batches == [("a", [0])]
+
+
+def test_a_task_runs_on_the_batcher_thread_before_requests_waiting_out_their_window() -> None:
+    run = Recorder()
+    run.release.set()
+    batcher = Batcher(run, max_rows=4, window_s=30.0)
+    waiting = batcher.submit("a", request(0))  # waits up to 30 s for company
+    ran_on = batcher.call(lambda: (threading.current_thread().name, len(run.batches))).result(5)
+    assert ran_on == ("policy-batcher", 0)  # at once, on the model thread, no batch before it
+    assert not waiting.done() and batcher.queued() == 1  # the request kept its place
+    failing = batcher.call(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    batcher.close(RuntimeError("closing"))
+    with pytest.raises(RuntimeError, match="closing"):
+        waiting.result(5)
+    with pytest.raises(RuntimeError, match="closing"):
+        batcher.call(lambda: None)
+
+
+def test_with_a_gap_a_lone_request_does_not_wait_out_the_window_and_a_burst_is_one_batch() -> None:
+    run = Recorder()
+    run.release.set()
+    batcher = Batcher(run, max_rows=4, window_s=30.0, gap_s=0.3)
+    assert batcher.submit("a", request(0)).result(5)[0].text == "a:0:0"  # not the 30 s window
+    burst = [batcher.submit("a", request(tag)) for tag in (1, 2, 3)]  # each within 0.3 s of the last
+    assert [f.result(5)[0].text for f in burst] == ["a:1:0", "a:2:0", "a:3:0"]
+    assert run.batches == [("a", [0]), ("a", [1, 2, 3])]
