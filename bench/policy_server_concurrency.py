@@ -32,6 +32,7 @@ from services.policy_server.api import create_app
 from services.policy_server.metrics import PolicyServerMetrics
 from services.policy_server.models import PolicyPool
 from services.policy_server.routing import Router
+from services.policy_server.settings import PolicyServerOptions
 from services.trainer.tiny_models import build_tiny_policy
 from tests.helpers.openai_stub import serve
 
@@ -67,7 +68,8 @@ class BatchLog:
         self.sizes.append(requests)
 
 
-def server_run(pool: PolicyPool, log: BatchLog, clients: int, max_tokens: int) -> dict[str, float]:
+def server_run(pool: PolicyPool, log: BatchLog, clients: int, max_tokens: int, max_batch: int) -> dict[str, float]:
+    pool.max_batch_size = max_batch
     registry = CollectorRegistry()
     app = create_app(pool=pool, router=Router(), metrics=PolicyServerMetrics(registry), registry=registry,
                      served_model_name="rlhf-policy", max_tokens_default=max_tokens, max_tokens_limit=max_tokens,
@@ -101,8 +103,8 @@ def server_run(pool: PolicyPool, log: BatchLog, clients: int, max_tokens: int) -
 
 
 def raw_run(pool: PolicyPool, clients: int, max_tokens: int) -> dict[str, float]:
-    """HF `generate` on left-padded batches of min(clients, MAX_BATCH) prompts, on a
-    worker thread as the server generates. Latency: each row waits for its batch."""
+    """HF `generate` on left-padded batches of min(clients, MAX_BATCH) prompts, on the
+    pool's model thread, where the server generates. Latency: each row waits for its batch."""
     tokenizer, model = pool.tokenizer, pool._base  # noqa: SLF001 - the same weights, without our wrapping
     total, width = requests_for(clients), min(clients, MAX_BATCH)
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": prompt(k)}], add_generation_prompt=True,
@@ -126,8 +128,7 @@ def raw_run(pool: PolicyPool, clients: int, max_tokens: int) -> dict[str, float]
         return {"tokens_per_s": tokens / elapsed, "p95_latency_s": p95(latencies), "tokens": tokens,
                 "requests": total, "seconds": elapsed}
 
-    with ThreadPoolExecutor(max_workers=1) as executor:
-        return executor.submit(work).result()
+    return pool.on_model_thread(work)
 
 
 def main() -> None:
@@ -136,7 +137,10 @@ def main() -> None:
     parser.add_argument("--smollm2-dir", default=".rlhf-loop/models/smollm2-135m-instruct")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--clients", default=",".join(map(str, CLIENTS)))
-    parser.add_argument("--window-ms", type=float, default=25.0, help="the batched server's BATCH_WINDOW_MS")
+    parser.add_argument("--window-ms", type=float, default=PolicyServerOptions().batch_window_ms,
+                        help="the batched server's BATCH_WINDOW_MS")
+    parser.add_argument("--gap-ms", type=float, default=PolicyServerOptions().batch_gap_ms,
+                        help="the batched server's BATCH_GAP_MS")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,19 +151,18 @@ def main() -> None:
         if args.model == "tiny":
             model_dir = build_tiny_policy(Path(tmp) / "tiny")
         torch.manual_seed(0)
-        batched_log, serial_log = BatchLog(), BatchLog()
-        batched = PolicyPool(model_dir, max_batch_size=MAX_BATCH, batch_window_ms=args.window_ms,
-                             on_batch=batched_log)
-        serial = PolicyPool(model_dir, max_batch_size=1, on_batch=serial_log)
-        raw_run(batched, 1, 4)  # warm-up
+        log = BatchLog()
+        pool = PolicyPool(model_dir, max_batch_size=MAX_BATCH, batch_window_ms=args.window_ms,
+                          batch_gap_ms=args.gap_ms, on_batch=log)
+        raw_run(pool, 1, 4)  # warm-up
         rows: dict[str, dict[str, dict[str, float]]] = {}
         print(f"{'clients':>7} {'serial tok/s':>13} {'batched tok/s':>14} {'raw tok/s':>10} "
               f"{'x serial':>9} {'/ raw':>6} {'p95 serial s':>13} {'p95 batched s':>14} {'p95 raw s':>10} "
               f"{'tokens s/b/r':>14} {'batches':>8}")
         for n in clients:
-            row = {"serial": server_run(serial, serial_log, n, args.max_tokens),
-                   "batched": server_run(batched, batched_log, n, args.max_tokens),
-                   "raw_batched_generate": raw_run(batched, n, args.max_tokens)}
+            row = {"serial": server_run(pool, log, n, args.max_tokens, 1),
+                   "batched": server_run(pool, log, n, args.max_tokens, MAX_BATCH),
+                   "raw_batched_generate": raw_run(pool, n, args.max_tokens)}
             s, b, r = row["serial"], row["batched"], row["raw_batched_generate"]
             row["ratios"] = {"batched_vs_serial": b["tokens_per_s"] / s["tokens_per_s"],
                              "batched_vs_raw": b["tokens_per_s"] / r["tokens_per_s"]}
@@ -170,7 +173,7 @@ def main() -> None:
                   f"{s['tokens']:>4}/{b['tokens']}/{r['tokens']} {b['batches']:>8}", flush=True)
     result: dict[str, Any] = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "model": args.model, "max_tokens": args.max_tokens, "max_batch_size": MAX_BATCH,
-                              "batch_window_ms": args.window_ms,
+                              "batch_window_ms": args.window_ms, "batch_gap_ms": args.gap_ms,
                               "torch_threads": torch.get_num_threads(), "results": rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))

@@ -14,7 +14,6 @@ import argparse
 import json
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,19 +68,15 @@ def ours(pool: PolicyPool, requests: int, max_tokens: int) -> tuple[float, int]:
     return elapsed, tokens
 
 
-def in_worker_thread(function, *args):  # type: ignore[no-untyped-def]
-    """Run as the server does: generation on a worker thread. (On this 2-core machine,
-    torch's OpenMP pool in the main thread measured up to 10x slower under load, which
-    would flatter the server.)"""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(function, *args).result()
-
-
-def measure(name: str, model_dir: Path, requests: int, max_tokens: int, window_ms: float) -> dict[str, float]:
-    pool = PolicyPool(model_dir, batch_window_ms=window_ms)
+def measure(name: str, model_dir: Path, requests: int, max_tokens: int, window_ms: float,
+            gap_ms: float) -> dict[str, float]:
+    pool = PolicyPool(model_dir, batch_window_ms=window_ms, batch_gap_ms=gap_ms)
     assert pool.versions == [BASE_VERSION]
-    in_worker_thread(raw, pool, 2, max_tokens)  # warm-up
-    raw_s, raw_tokens = in_worker_thread(raw, pool, requests, max_tokens)
+    # Raw generate runs on the pool's model thread, as the server's batches do: torch's
+    # OpenMP runtime slows every thread once more threads than cores have used it
+    # (services/policy_server/batching.py), so both sides share the one thread.
+    pool.on_model_thread(lambda: raw(pool, 2, max_tokens))  # warm-up
+    raw_s, raw_tokens = pool.on_model_thread(lambda: raw(pool, requests, max_tokens))
     our_s, our_tokens = ours(pool, requests, max_tokens)
     row = {"raw_tokens_per_s": raw_tokens / raw_s, "our_tokens_per_s": our_tokens / our_s,
            "raw_requests_per_s": requests / raw_s, "our_requests_per_s": requests / our_s,
@@ -97,24 +92,27 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--smollm2-dir", default=".rlhf-loop/models/smollm2-135m-instruct")
     parser.add_argument("--batch-window-ms", type=float, default=PolicyServerOptions().batch_window_ms,
-                        help="the server's batching window (a lone client waits it out on every request)")
+                        help="the server's batching window")
+    parser.add_argument("--batch-gap-ms", type=float, default=PolicyServerOptions().batch_gap_ms,
+                        help="the server's quiet gap: a lone client waits this long for company on every request")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"{'model':<18}{'raw tok/s':>12}{'ours tok/s':>12}{'raw rq/s':>10}{'ours rq/s':>10}{'ratio':>8}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["tiny"] = measure("tiny (2-layer)", build_tiny_policy(Path(tmp) / "tiny"), args.requests,
-                                  args.max_tokens, args.batch_window_ms)
+                                  args.max_tokens, args.batch_window_ms, args.batch_gap_ms)
     smol = Path(args.smollm2_dir)
     if (smol / "config.json").exists():
         results["smollm2-135m"] = measure("SmolLM2-135M", smol, max(5, args.requests // 3), args.max_tokens,
-                                          args.batch_window_ms)
+                                          args.batch_window_ms, args.batch_gap_ms)
     else:
         print(f"(SmolLM2 not prepared at {smol}: run `rlhf-loop models smollm2` to include it)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                    "max_tokens": args.max_tokens,
-                                   "batch_window_ms": args.batch_window_ms, "results": results}, indent=2))
+                                   "batch_window_ms": args.batch_window_ms,
+                                   "batch_gap_ms": args.batch_gap_ms, "results": results}, indent=2))
 
 
 if __name__ == "__main__":
