@@ -51,11 +51,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    version: str | None  # None: a task (`Batcher.call`), never batched
-    sampling: Sampling | None
-    future: Future[Any] = field(default_factory=Future)
+    version: str
+    sampling: Sampling
+    future: Future[list[Generation]] = field(default_factory=Future)
     arrived: float = field(default_factory=time.monotonic)
-    task: Callable[[], Any] | None = None
+
+
+@dataclass
+class Task:
+    """Work on the model thread that is not a request (`Batcher.call`): runs alone."""
+
+    run: Callable[[], Any]
+    future: Future[Any] = field(default_factory=Future)
 
 
 RunBatch = Callable[[str, list[Sampling]], list[list[Generation]]]
@@ -72,30 +79,35 @@ class Batcher:
         self.gap_s = gap_s
         self._last_arrival = 0.0
         self._queue: deque[Job] = deque()
-        self._tasks: deque[Job] = deque()
+        self._tasks: deque[Task] = deque()
         self._cond = threading.Condition()
         self._closed: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     def submit(self, version: str, sampling: Sampling) -> Future[list[Generation]]:
-        return self._enqueue(Job(version, sampling), self._queue)
+        job = Job(version, sampling)
+        self._enqueue(job)
+        return job.future
 
-    def call(self, task: Callable[[], T]) -> Future[T]:
-        """Run `task` on this thread, alone, once the model is free (module doc)."""
-        return self._enqueue(Job(None, None, task=task), self._tasks)
+    def call(self, run: Callable[[], T]) -> Future[T]:
+        """Run `run` on this thread, alone, once the model is free (module doc)."""
+        task = Task(run)
+        self._enqueue(task)
+        return task.future
 
-    def _enqueue(self, job: Job, queue: deque[Job]) -> Future[Any]:
+    def _enqueue(self, item: Job | Task) -> None:
         with self._cond:
             if self._closed is not None:
                 raise self._closed
-            queue.append(job)
-            if job.task is None:
-                self._last_arrival = job.arrived
+            if isinstance(item, Task):
+                self._tasks.append(item)
+            else:
+                self._queue.append(item)
+                self._last_arrival = item.arrived
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="policy-batcher", daemon=True)
                 self._thread.start()
             self._cond.notify()
-        return job.future
 
     def queued(self) -> int:
         """Requests waiting for a batch (not counting the one generating)."""
@@ -117,14 +129,14 @@ class Batcher:
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
+            if isinstance(batch, Task):
+                self._run_task(batch)
+                continue
             jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
             if not jobs:
                 continue
-            if jobs[0].task is not None:
-                self._run_task(jobs[0])
-                continue
             try:
-                answers = self._run(jobs[0].version, [job.sampling for job in jobs])  # type: ignore[arg-type,misc]
+                answers = self._run(jobs[0].version, [job.sampling for job in jobs])
             except BaseException as error:  # noqa: BLE001 - every request of the batch gets it
                 for job in jobs:
                     job.future.set_exception(error)
@@ -133,21 +145,22 @@ class Batcher:
                 job.future.set_result(answer)
 
     @staticmethod
-    def _run_task(job: Job) -> None:
-        assert job.task is not None
+    def _run_task(task: Task) -> None:
+        if not task.future.set_running_or_notify_cancel():
+            return
         try:
-            job.future.set_result(job.task())
+            task.future.set_result(task.run())
         except BaseException as error:  # noqa: BLE001 - the caller's future carries it
-            job.future.set_exception(error)
+            task.future.set_exception(error)
 
-    def _next_batch(self) -> list[Job] | None:
+    def _next_batch(self) -> list[Job] | Task | None:
         with self._cond:
             while not self._queue and not self._tasks and self._closed is None:
                 self._cond.wait()
             if self._closed is not None:
                 return None
             if self._tasks:  # a task waits for nobody and runs alone
-                return [self._tasks.popleft()]
+                return self._tasks.popleft()
             oldest = self._queue[0]
             deadline = oldest.arrived + self.window_s
             while self._closed is None and not self._tasks and self._rows(oldest.version) < self.max_rows:
@@ -159,20 +172,19 @@ class Batcher:
             if self._closed is not None:
                 return None
             if self._tasks:  # the requests keep their place and their window
-                return [self._tasks.popleft()]
+                return self._tasks.popleft()
             return self._take(oldest.version)
 
-    def _rows(self, version: str | None) -> int:
-        return sum(job.sampling.n for job in self._queue if job.version == version)  # type: ignore[union-attr]
+    def _rows(self, version: str) -> int:
+        return sum(job.sampling.n for job in self._queue if job.version == version)
 
-    def _take(self, version: str | None) -> list[Job]:
+    def _take(self, version: str) -> list[Job]:
         """The oldest request, then every later one of its version that still fits."""
         batch: list[Job] = []
         rows = 0
         for job in list(self._queue):
             if job.version != version:
                 continue
-            assert job.sampling is not None  # requests only: tasks have a queue of their own
             if batch and rows + job.sampling.n > self.max_rows:
                 continue
             batch.append(job)
