@@ -7,6 +7,9 @@ so the client's own cost stays small next to the server's. Rows:
   raw pipelined   - kafka-python send all + flush (the ceiling: no per-event wait)
   raw acked       - kafka-python, C threads each sending one event and waiting for its
                     ack (what "answer only after the ack" costs without HTTP)
+  raw batch acked - kafka-python, C threads each sending B events and waiting for their
+                    B acks before the next B: the batch endpoint's ack semantics
+                    without HTTP
   http single     - POST /v1/outputs, C concurrent connections, 202 after the ack
   http batch      - POST /v1/outputs/batch, B events per request, C connections
 Every row moves the same ~1.4 KB ModelOutput events (2 candidates). Beside the rates,
@@ -75,6 +78,33 @@ def raw_acked(kafka: KafkaSettings, payloads: list[dict[str, Any]], concurrency:
         for p in share:
             event = to_model_output(OutputIn.model_validate(p))
             producer.send(OUTPUTS.name, key=event.partition_key.encode(), value=event.to_json_bytes()).get(30)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in shares]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    producer.close()
+    return elapsed
+
+
+def raw_batch_acked(kafka: KafkaSettings, payloads: list[dict[str, Any]], batch_size: int,
+                    concurrency: int) -> float:
+    producer = KafkaProducer(**kafka.producer_kwargs())
+    batches = [payloads[i:i + batch_size] for i in range(0, len(payloads), batch_size)]
+    shares = [batches[i::concurrency] for i in range(concurrency)]
+
+    def work(share: list[list[dict[str, Any]]]) -> None:
+        for batch in share:
+            futures = []
+            for p in batch:
+                event = to_model_output(OutputIn.model_validate(p))
+                futures.append(producer.send(OUTPUTS.name, key=event.partition_key.encode(),
+                                             value=event.to_json_bytes()))
+            for future in futures:
+                future.get(30)
 
     threads = [threading.Thread(target=work, args=(s,)) for s in shares]
     started = time.perf_counter()
@@ -165,7 +195,7 @@ def main() -> None:
         try:
             best: dict[str, float] = {}
             cpu: dict[str, dict[str, float]] = {}  # of the best round, per event
-            counts = {"raw_pipelined": args.batch, "raw_acked": args.single,
+            counts = {"raw_pipelined": args.batch, "raw_acked": args.single, "raw_batch_acked": args.batch,
                       "http_single": args.single, "http_batch": args.batch}
             pids = {"bench": os.getpid(), "service": service.pid, "broker": broker.pid or 0}
             sent = 0
@@ -183,11 +213,14 @@ def main() -> None:
                     return seconds
 
                 raw_items, raw_singles = make_payloads(args.batch, f"rp{r}"), make_payloads(args.single, f"ra{r}")
+                raw_batched = make_payloads(args.batch, f"rb{r}")
                 phases = {
                     "http_single": lambda: http("single", single, "/v1/outputs", args.concurrency),
                     "http_batch": lambda: http("batch", batches, "/v1/outputs/batch", args.batch_concurrency),
                     "raw_pipelined": lambda: raw_pipelined(kafka, raw_items),
                     "raw_acked": lambda: raw_acked(kafka, raw_singles, args.concurrency),
+                    "raw_batch_acked": lambda: raw_batch_acked(kafka, raw_batched, args.batch_size,
+                                                               args.batch_concurrency),
                 }
                 for name, phase in phases.items():
                     seconds, spent = timed(pids, phase)
@@ -212,8 +245,9 @@ def main() -> None:
         "concurrency": {"single": args.concurrency, "batch": args.batch_concurrency, "batch_size": args.batch_size},
         "events_per_s": {k: round(v) for k, v in rates.items()},
         "ratio_to_raw_pipelined": {k: round(rates[k] / rates["raw_pipelined"], 3)
-                                   for k in ("http_single", "http_batch", "raw_acked")},
+                                   for k in ("http_single", "http_batch", "raw_acked", "raw_batch_acked")},
         "ratio_single_to_raw_acked": round(rates["http_single"] / rates["raw_acked"], 3),
+        "ratio_batch_to_raw_batch_acked": round(rates["http_batch"] / rates["raw_batch_acked"], 3),
         "cpu_us_per_event": cpu,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -223,12 +257,15 @@ def main() -> None:
     labels = {
         "raw_pipelined": "raw kafka-python, send all + flush",
         "raw_acked": f"raw kafka-python, {args.concurrency} threads, wait each ack",
+        "raw_batch_acked": f"raw, {args.batch_concurrency} threads, x{args.batch_size} then wait acks",
         "http_single": f"POST /v1/outputs, {args.concurrency} connections",
         "http_batch": f"POST /v1/outputs/batch x{args.batch_size}, {args.batch_concurrency} conns",
     }
     for key, label in labels.items():
         print(f"{label:<44}{rates[key]:>10,.0f}{rates[key] / rates['raw_pipelined']:>18.2f}")
     print(f"http single vs raw acked at the same concurrency: {result['ratio_single_to_raw_acked']:.2f}")
+    print(f"http batch vs raw batch acked (same batches, same connections/threads): "
+          f"{result['ratio_batch_to_raw_batch_acked']:.2f}")
     print("CPU µs per event (best round): " + "; ".join(
         f"{labels[k].split(',')[0]}: " + ", ".join(f"{p} {v}" for p, v in cpu[k].items()) for k in labels))
     print(f"written to {RESULTS}")
