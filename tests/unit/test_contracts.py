@@ -91,6 +91,18 @@ def test_newer_schema_version_is_refused() -> None:
         ModelOutput.model_validate(payload)
 
 
+@pytest.mark.parametrize("event", all_events(), ids=lambda e: type(e).__name__)
+def test_an_event_without_schema_version_is_its_own_classes_version(event: Event) -> None:
+    """Each contract pins its own version (2 or 3 for some): a producer that omits it, or
+    a payload without it, gets that class's version, not the base's 1."""
+    kind = type(event)
+    fields = event.model_dump(exclude={"schema_version"})
+    assert kind(**fields).schema_version == kind.SCHEMA_VERSION
+    payload = json.loads(event.to_json_bytes())
+    del payload["schema_version"]
+    assert kind.model_validate_json(json.dumps(payload)).schema_version == kind.SCHEMA_VERSION
+
+
 def test_events_are_immutable() -> None:
     output = factories.model_output()
     with pytest.raises(ValidationError):
