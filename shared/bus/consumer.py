@@ -48,7 +48,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from kafka import KafkaConsumer
@@ -58,6 +58,7 @@ from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from shared.contracts import Event
+from shared.observability.batched_histogram import HistogramSeries
 from shared.observability.metrics import BusMetrics
 from shared.settings import ConsumerSettings, KafkaSettings
 from shared.topics import Topic, by_name, dead_letter_topic
@@ -124,6 +125,16 @@ class EmittingBatchSink(BatchSink, Protocol):
     def emitted(self) -> list[Outgoing]: ...
 
 
+@dataclass
+class _Tally:
+    """What one batch handled of one topic, published to the metrics at its end."""
+
+    histogram: HistogramSeries
+    counter: Any  # a labelled prometheus Counter
+    durations: list[float] = field(default_factory=list)
+    consumed: int = 0
+
+
 class _Retry(Exception):
     """Internal: the record must be redelivered (dependency down, or stopping)."""
 
@@ -180,7 +191,7 @@ class ConsumerLoop:
         self._consumer.subscribe(list(self._topics), listener=self.rebalance_listener)
         self._backoff_until = 0.0
         self._pending: list[FutureRecordMetadata] = []
-        self._children: dict[str, tuple[Any, Any]] = {}
+        self._tallies: dict[str, _Tally] = {}
         self._ticker = ticker
         self._sink = sink
         self._tick_interval_s = tick_interval_s
@@ -202,6 +213,12 @@ class ConsumerLoop:
 
     def run_once(self) -> int:
         """One poll and its batch; returns how many records were finished."""
+        try:
+            return self._run_batch()
+        finally:
+            self._publish_tallies()
+
+    def _run_batch(self) -> int:
         self._wait_backoff()
         if self._stop.is_set():
             return 0
@@ -332,7 +349,8 @@ class ConsumerLoop:
     def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         topic = self._topics.get(record.topic) or by_name(record.topic)
         labels = (record.topic, self.group_id)
-        handler_seconds, consumed = self._hot_metrics(record.topic)
+        tally = self._tally(record.topic)
+        durations = tally.durations
         attempts = 0
         while True:
             attempts += 1
@@ -367,22 +385,33 @@ class ConsumerLoop:
                     raise _Retry() from error
                 continue
             finally:
-                handler_seconds.observe(time.perf_counter() - started)
+                durations.append(time.perf_counter() - started)
             break
-        self._outages.pop(tp, None)  # this partition's dependency answered again
-        consumed.inc()
+        if self._outages:
+            self._outages.pop(tp, None)  # this partition's dependency answered again
+        tally.consumed += 1
 
-    def _hot_metrics(self, topic: str) -> tuple[Any, Any]:
-        """The per-message metric children of a topic, looked up once: `labels()` on
-        every message costs more than the rest of the loop's bookkeeping."""
-        children = self._children.get(topic)
-        if children is None:
-            children = (
+    def _tally(self, topic: str) -> _Tally:
+        """The batch's running counts of a topic, published by `_publish_tallies`."""
+        tally = self._tallies.get(topic)
+        if tally is None:
+            tally = self._tallies[topic] = _Tally(
                 self._metrics.handler_seconds.labels(topic, self.group_id),
                 self._metrics.consumed.labels(topic, self.group_id),
             )
-            self._children[topic] = children
-        return children
+        return tally
+
+    def _publish_tallies(self) -> None:
+        """Hand the batch's handler timings and consumed counts to the metrics, once
+        per topic: per message, `Histogram.observe` and `Counter.inc` cost ~1.1 us of
+        the ~2 us the loop may add to a raw consumer's ~17 us."""
+        for tally in self._tallies.values():
+            if tally.durations:
+                tally.histogram.observe_many(tally.durations)
+                tally.durations.clear()
+            if tally.consumed:
+                tally.counter.inc(tally.consumed)
+                tally.consumed = 0
 
     def _dead_letter(
         self, record: ConsumerRecord, kind: str, reason: str, error: BaseException, attempts: int

@@ -6,9 +6,11 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shared.topics import Topic, dead_letter_topic
+
+from .batched_histogram import BatchedHistogram
 
 # The fixed reasons a consumer loop counts a failure or a dead letter under.
 FAILURE_REASONS = ("error", "dependency_unavailable", "dead_letter_failed")
@@ -65,7 +67,8 @@ class BusMetrics:
             ["topic", "group", "reason"],
             registry=registry,
         )
-        self.handler_seconds = Histogram(
+        # Observed once per batch (see BatchedHistogram), not once per message.
+        self.handler_seconds = BatchedHistogram(
             "rlhf_handler_duration_seconds",
             "Time a handler took per message, successful or not.",
             ["topic", "group"],

@@ -18,6 +18,7 @@ from services.demo.metrics import DemoMetrics
 from services.policy_server.metrics import PolicyServerMetrics
 from services.sampler.metrics import SamplerMetrics
 from services.trainer.metrics import TrainerMetrics
+from shared.observability.batched_histogram import BatchedHistogram
 from shared.observability.metrics import BusMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +36,8 @@ def families() -> dict[str, tuple[str, set[str]]]:
             if isinstance(metric, MetricWrapperBase):
                 name = metric._name + ("_total" if isinstance(metric, Counter) else "")  # noqa: SLF001
                 found[name] = (metric._type, set(metric._labelnames))  # noqa: SLF001
+            elif isinstance(metric, BatchedHistogram):
+                found[metric.name] = ("histogram", set(metric.labelnames))
     return found
 
 
