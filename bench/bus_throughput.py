@@ -131,7 +131,7 @@ def our_consume(kafka: KafkaSettings, topic: Topic, n: int, handle: Handler | No
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3, help="best of this many rounds per side")
+    parser.add_argument("--rounds", type=int, default=5, help="best of this many rounds per side")
     args = parser.parse_args()
     n = args.messages
     events = make_events(n)
