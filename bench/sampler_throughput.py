@@ -10,7 +10,7 @@
 
 Best of `--rounds` per side (fresh topics and groups each round, sides alternating).
 
-Run: .venv/bin/python -m bench.sampler_throughput [--messages 20000 --rounds 3]
+Run: .venv/bin/python -m bench.sampler_throughput [--messages 20000 --rounds 5]
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def uncertainty_rates(outputs: list[ModelOutput], workdir: Path) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=3, help="best of this many rounds per side")
+    parser.add_argument("--rounds", type=int, default=5, help="best of this many rounds per side")
     parser.add_argument("--scored", type=int, default=300)
     args = parser.parse_args()
     outputs = make_outputs(args.messages)
