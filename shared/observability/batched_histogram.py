@@ -30,9 +30,6 @@ class HistogramSeries:
         self._sum = 0.0
         self._lock = threading.Lock()
 
-    def observe(self, value: float) -> None:
-        self.observe_many((value,))
-
     def observe_many(self, values: Iterable[float]) -> None:
         """Bin every value of a batch; `le` is inclusive, as in Prometheus."""
         bounds, counts = self._bounds, self._counts
