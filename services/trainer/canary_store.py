@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.contracts import CanaryComparison
+from shared.sqlite_wal import connect_wal
 
 from .sequential import Counts
 
@@ -57,9 +58,8 @@ class StoredDecision:
 class CanaryStore:
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = connect_wal(path, timeout_s=30)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # durable before the consumer commits the offset
         self._db.executescript(SCHEMA)
 

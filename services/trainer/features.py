@@ -10,7 +10,6 @@ identity plus the token ids, so a different base model or layer count misses.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from shared.models.reward import Prompt, RewardModel
+from shared.sqlite_wal import connect_wal
 
 
 class FeatureCache:
     def __init__(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn = connect_wal(path, timeout_s=30)
         self._conn.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
         self._lock = threading.Lock()
 

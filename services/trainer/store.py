@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts import ChatMessage, ModelOutput, Preference
+from shared.sqlite_wal import connect_wal
 
 # Runs whose training finished: their watermark marks preferences as used.
 TRAINED_STATES = ("succeeded", "gated")
@@ -226,10 +227,9 @@ class PreferenceStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._conn = connect_wal(self.path, timeout_s=30)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")  # durable before the offset is committed
         self._conn.executescript(SCHEMA)
         self._upgrade()
