@@ -87,11 +87,12 @@ from .redaction import Redactor
 from .rules import SamplingRule
 from .scoring import (
     feedback_score,
+    fraction_prefix,
     normalized_prompt_hash,
     prompt_messages,
     prompt_text,
     reward_margin,
-    stable_fraction,
+    stable_fraction_after,
 )
 from .store import (
     BatchWritten,
@@ -150,6 +151,10 @@ class Sampler:
         if any(r.strategy == "novelty" for r in rules) and novelty is None:
             raise ValueError("a novelty rule needs an encoder")
         self._rules = {r.name: r for r in rules}
+        # per rule, built once (this runs for every output): the filter to check (None:
+        # it matches every output) and the bytes its coin hashes before the output id
+        self._plan = [(r, None if r.filter.matches_everything() else r.filter, fraction_prefix(r.name))
+                      for r in rules]
         self._store = store
         self._metrics = metrics
         self._dedupe_window_s = dedupe_window_s
@@ -203,7 +208,7 @@ class Sampler:
         if self._hits:
             self._hits = Counter()
         self._fallbacks = 0
-        marks, preferences = self._feedback_preferences(event)
+        marks, preferences = self._feedback_preferences(event) if event.feedback else (None, [])
         decided = self._decide(event)
         # the record's last step, nothing below can fail: a retried handler left no half
         batch = self._batch
@@ -300,14 +305,14 @@ class Sampler:
         # the dedupe check, once, when first needed (step 3 of the module doc)
         prompt_hash: str | None = None
         over_quota = False
-        for rule in self._rules.values():
-            if not rule.filter.matches(output):
+        for rule, output_filter, coin_prefix in self._plan:
+            if output_filter is not None and not output_filter.matches(output):
                 continue
             if prompt_hash is None and rule.strategy in _MODEL_STRATEGIES:
                 prompt_hash = normalized_prompt_hash(output)
                 if self._seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
                     return "duplicate"
-            verdict = self._judge(rule, output)
+            verdict = self._judge(rule, output, stable_fraction_after(coin_prefix, output.output_id))
             if not verdict.accepted:
                 continue
             if prompt_hash is None:
@@ -399,8 +404,9 @@ class Sampler:
 
     # -- pieces ---------------------------------------------------------------------
 
-    def _judge(self, rule: SamplingRule, output: ModelOutput) -> Verdict:
-        coin = stable_fraction(rule.name, output.output_id)
+    def _judge(self, rule: SamplingRule, output: ModelOutput, coin: float) -> Verdict:
+        """`coin`: the rule's stable fraction of the output (`stable_fraction(rule.name,
+        output_id)`)."""
         if rule.strategy == "uniform":
             if coin >= rule.rate and rule.budget is None:
                 return _NOT_TAKEN  # most outputs: no verdict to build

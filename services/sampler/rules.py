@@ -36,6 +36,12 @@ class OutputFilter(BaseModel):
             return False
         return len(output.candidates) >= self.min_candidates
 
+    def matches_everything(self) -> bool:
+        """No condition at all (every output has a candidate): the sampler then skips
+        `matches`, which it would otherwise call for every output."""
+        return (not (self.apps or self.tenants or self.tags_any or self.sources or self.feedback_any)
+                and self.min_candidates <= 1)
+
 
 class Budget(BaseModel):
     """At most `max_tasks` per window; within the window the best `max_tasks` by score

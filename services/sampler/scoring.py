@@ -24,6 +24,20 @@ def stable_fraction(*parts: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def fraction_prefix(*parts: str) -> bytes:
+    """The bytes `stable_fraction(*parts, last)` hashes before `last`, for
+    `stable_fraction_after`."""
+    return "".join(f"{part}\x1f" for part in parts).encode("utf-8")
+
+
+def stable_fraction_after(prefix: bytes, last: str) -> float:
+    """`stable_fraction(*parts, last)` with `prefix = fraction_prefix(*parts)` built
+    once: the sampler flips a rule's coin for every output, and the join and the
+    tuple of parts were half its cost (~1.5 -> ~0.7 us)."""
+    digest = hashlib.sha256(prefix + last.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def prompt_text(output: ModelOutput) -> str:
     """The text annotators judge the answers against: the conversation so far."""
     return "\n".join(f"{m.role}: {m.content}" for m in output.conversation)

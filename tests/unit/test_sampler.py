@@ -12,6 +12,7 @@ from services.sampler.handlers import Sampler
 from services.sampler.metrics import SamplerMetrics
 from services.sampler.redaction import RedactionSettings, Redactor
 from services.sampler.rules import Budget, OutputFilter, Quota, SamplingRule
+from services.sampler.scoring import fraction_prefix, stable_fraction, stable_fraction_after
 from services.sampler.store import SamplerStore
 from shared.contracts import (
     ChatMessage,
@@ -67,6 +68,32 @@ def test_uniform_rate_is_close_to_the_rate_and_deterministic(tmp_path: Path) -> 
     picked_b = [o.output_id for o in outputs if second.handle(o, None)]  # type: ignore[arg-type]
     assert 70 <= len(picked_a) <= 130
     assert picked_a == picked_b
+
+
+def test_the_uniform_coin_is_the_rules_stable_fraction_of_the_output_id(tmp_path: Path) -> None:
+    """The coin built from a per-rule prefix flips as `stable_fraction(rule, output_id)`
+    always did: a sampler upgraded mid-stream picks what the old one would have."""
+    sampler, _ = make_sampler(tmp_path, [SamplingRule(name="u10", strategy="uniform", rate=0.1)])
+    outputs = [output(f"coin{i}") for i in range(500)]
+    picked = {o.output_id for o in outputs if sampler.handle(o, None)}  # type: ignore[arg-type]
+    assert picked == {o.output_id for o in outputs if stable_fraction("u10", o.output_id) < 0.1}
+    for parts, last in [(("u10",), "x"), (("a", "b"), "c"), ((), "only"), (("ünïcode",), "\x1f")]:
+        assert stable_fraction_after(fraction_prefix(*parts), last) == stable_fraction(*parts, last)
+
+
+def test_a_rule_filter_is_checked_unless_it_has_no_condition(tmp_path: Path) -> None:
+    assert OutputFilter().matches_everything()
+    for conditioned in [OutputFilter(apps=["a"]), OutputFilter(tenants=["t"]), OutputFilter(tags_any=["x"]),
+                        OutputFilter(sources=["s"]), OutputFilter(feedback_any=["edit"]),
+                        OutputFilter(min_candidates=2)]:
+        assert not conditioned.matches_everything()
+    rules = [SamplingRule(name="chat-only", strategy="uniform", rate=1.0, filter=OutputFilter(apps=["chat"])),
+             SamplingRule(name="pairs", strategy="uniform", rate=1.0, filter=OutputFilter(min_candidates=3))]
+    sampler, _ = make_sampler(tmp_path, rules)
+    chat, other, three = output("f1", app="chat"), output("f2", app="search"), output("f3", app="search", n=3)
+    assert [t.sampling.rule for t in tasks_of(sampler.handle(chat, None))] == ["chat-only"]  # type: ignore[arg-type]
+    assert sampler.handle(other, None) == []  # type: ignore[arg-type]
+    assert [t.sampling.rule for t in tasks_of(sampler.handle(three, None))] == ["pairs"]  # type: ignore[arg-type]
 
 
 def test_feedback_rule_takes_negative_feedback_and_records_rule_and_score(tmp_path: Path) -> None:
