@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 
 from shared.bus import BatchSink, ConsumerLoop, EventProducer, Handler, Ticker
 from shared.bus.admin import ensure_topics
+from shared.lifecycle import freeze_heap
 from shared.observability.metrics import BusMetrics
 from shared.observability.probes import kafka_reachable, wait_until_reachable
 from shared.settings import ServiceSettings
@@ -255,6 +256,9 @@ class App:
         log.info("%s: consuming %s; http on :%s%s", self.name,
                  sorted({t.name for d in self._consumers for t in d.topics}) or "nothing", self.http_port,
                  f", metrics on :{self.metrics_port}" if self.metrics_port != self.http_port else "")
+        if settings.gc_freeze:  # built: what is on the heap now stays for the service's life
+            frozen = freeze_heap()
+            log.debug("%s: %d start-up objects frozen out of full collections", self.name, frozen)
         if self._on_started is not None:
             self._on_started(self)
         threads = [threading.Thread(target=loop.run, name=f"consumer-{decl.group_id}", daemon=True)

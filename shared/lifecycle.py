@@ -7,6 +7,7 @@ commits and closes on its own thread of control. A second signal exits at once.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -25,6 +26,22 @@ def configure_logging(level: str = "INFO") -> None:
     # APScheduler logs every run of every periodic job at INFO (two lines each, every
     # few seconds); its warnings (a missed or failed job) still come through.
     logging.getLogger("apscheduler").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def freeze_heap() -> int:
+    """Collect once, then move everything the process holds into the collector's
+    permanent generation (`gc.freeze`); returns how many objects that is.
+
+    Why: a service builds its heap once (modules, pydantic schemas, clients, what a
+    store loads into memory) and then allocates per event. A full collection walks
+    every tracked object, so each one re-walked that whole start-up heap: in the
+    sampler's benchmark one full pass over ~200k objects took 0.1-0.3 s of a ~1 s
+    batch run of 20,000 outputs, and after freezing ~0.01 s. Frozen objects are still
+    freed by reference counting; only a reference cycle among them is never collected,
+    and what a service builds at start it keeps until it exits."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def install_stop_signals(stop: threading.Event, on_second: Callable[[], None] | None = None) -> None:

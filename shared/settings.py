@@ -179,6 +179,8 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     data_dir: str = Field(default="./.rlhf-loop", description="durable state of embedded mode")
     models_dir: str = Field(default="", description="prepared base models; empty: DATA_DIR/models")
+    gc_freeze: bool = Field(default=True, description="freeze the start-up heap out of the garbage "
+                                                      "collector's full passes once the service is built")
 
     @property
     def default_base_model(self) -> str:

@@ -30,6 +30,10 @@ from shared.topics import Topic, dead_letter_topic
 # Models come from disk only, and TRL's experimental PPO need not warn in every test.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+# Services started inside the test process must not freeze its heap (shared/lifecycle.
+# freeze_heap): a frozen object in a reference cycle is never collected, and every
+# test's leftovers would stay for the whole run. test_app.py turns it on where tested.
+os.environ.setdefault("RLHF_GC_FREEZE", "false")
 
 # Short group timings keep a consumer-group join near one second on Tansu.
 FAST_GROUP = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}

@@ -6,6 +6,7 @@ order, the producer last, when `stop` is set."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -135,3 +136,36 @@ def test_an_app_must_be_entered_before_it_runs(tmp_path: Path) -> None:
     app = App("not-entered", ServiceSettings(data_dir=str(tmp_path)))
     with pytest.raises(RuntimeError, match="context manager"):
         app.run(threading.Event())
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_an_app_freezes_its_start_up_heap_out_of_full_collections_unless_told_not_to(
+        tmp_path: Path, freeze: bool) -> None:
+    """RLHF_GC_FREEZE (default on; the suite turns it off, see conftest): once built,
+    the service's heap goes to the collector's permanent generation, so full passes
+    no longer walk it (shared/lifecycle.freeze_heap)."""
+    settings = ServiceSettings(data_dir=str(tmp_path), gc_freeze=freeze, http={"host": "127.0.0.1", "port": 0})
+    frozen: list[int] = []
+    started = threading.Event()
+
+    def main(stop: threading.Event) -> None:
+        def on_started(_app: App) -> None:
+            frozen.append(gc.get_freeze_count())
+            started.set()
+
+        with App("gc-test", settings, kafka=False, on_started=on_started) as app:
+            app.run(stop)
+
+    gc.unfreeze()
+    thread, stop = start(main)
+    try:
+        assert started.wait(30)
+        if freeze:
+            assert frozen[0] > 10_000  # modules, schemas, clients: the whole start-up heap
+        else:
+            assert frozen == [0]
+    finally:
+        stop.set()
+        thread.join(30)
+        gc.unfreeze()
+    assert not thread.is_alive()
