@@ -83,6 +83,10 @@ class Outgoing:
 
     topic: Topic
     event: Event
+    # The event's encoding (`encode(event)`), when its maker has it already: the sampler
+    # stores each task's JSON with its decision, and serialising a task again for the
+    # send was ~5 us of the ~35 us a selected output costs.
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
 
 # A handler gets the decoded event and the raw record (for headers, offsets) and
@@ -304,7 +308,7 @@ class ConsumerLoop:
             refused = self._sink.flush()
             if isinstance(self._sink, EmittingBatchSink):
                 for out in self._sink.emitted():
-                    self._pending.append(self._producer.send(out.topic, out.event))
+                    self._pending.append(self._producer.send(out.topic, out.event, encoded=out.encoded))
         except DependencyUnavailable as unavailable:
             self._dependency_failures += 1
             delay = self._delay(self._dependency_failures)
@@ -359,7 +363,7 @@ class ConsumerLoop:
                 event = decode(record.value, topic.contract)
                 outgoing = list(self._handler(event, record))
                 for out in outgoing:
-                    self._pending.append(self._producer.send(out.topic, out.event))
+                    self._pending.append(self._producer.send(out.topic, out.event, encoded=out.encoded))
             except PoisonMessage as poison:
                 self._dead_letter(record, "poison", poison.reason, poison, attempts)
                 break
@@ -496,7 +500,7 @@ class ConsumerLoop:
             return
         if not outgoing:
             return
-        futures = [self._producer.send(out.topic, out.event) for out in outgoing]
+        futures = [self._producer.send(out.topic, out.event, encoded=out.encoded) for out in outgoing]
         self._producer.flush()
         failed = [f for f in futures if f.failed()]
         if failed:

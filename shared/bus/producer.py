@@ -47,10 +47,14 @@ class EventProducer:
         self._lock = threading.Lock()
         self._broken = False
 
-    def send(self, topic: Topic | str, event: Event, *, headers: Headers = ()) -> FutureRecordMetadata:
+    def send(self, topic: Topic | str, event: Event, *, headers: Headers = (),
+             encoded: bytes | None = None) -> FutureRecordMetadata:
+        """`encoded`: the event's encoding when the caller already has it (sent as is,
+        not serialised a second time)."""
         key = getattr(event, "partition_key", event.event_id)
         name = topic.name if isinstance(topic, Topic) else topic
-        return self.send_raw(name, key.encode("utf-8"), encode(event), headers=headers)
+        return self.send_raw(name, key.encode("utf-8"), encoded if encoded is not None else encode(event),
+                             headers=headers)
 
     def send_raw(
         self, topic: str, key: bytes | None, value: bytes | None, *, headers: Headers = ()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -51,6 +52,37 @@ def test_produce_consume_round_trip_forwards_and_commits(
     assert runner.metric("rlhf_messages_consumed_total", topic=source.name, group=group_id) == 20
     assert runner.metric("rlhf_messages_produced_total", topic=sink.name) == 20
     assert runner.metric("rlhf_handler_duration_seconds_count", topic=source.name, group=group_id) == 20
+
+
+def test_an_outgoing_event_with_its_encoding_is_sent_as_those_bytes(
+    kafka: KafkaSettings, make_topic: Callable[..., Topic], group_id: str,
+    producer: EventProducer, start_loop: StartLoop,
+) -> None:
+    """`Outgoing.encoded` (the sampler's stored task JSON) goes out verbatim, keyed like
+    the event; without it the event is serialised as always."""
+    source, sink = make_topic(ModelOutput), make_topic(RankingTask)
+    producer.send(source, factories.model_output("given"))
+    producer.send(source, factories.model_output("plain"))
+    producer.flush()
+
+    def to_task(event: Event, record: ConsumerRecord) -> Iterable[Outgoing]:
+        assert isinstance(event, ModelOutput)
+        task = factories.ranking_task(event)
+        if event.output_id != factories.model_output("given").output_id:
+            return [Outgoing(sink, task)]
+        # a valid encoding that is not what serialising the task would give
+        return [Outgoing(sink, task, encoded=json.dumps(task.model_dump(mode="json"), indent=1).encode())]
+
+    runner = start_loop([source], group_id, to_task)
+    records = read_topic(kafka, sink.name, expected=2)
+    runner.join()
+    by_output = {RankingTask.model_validate_json(r.value).output_id: r for r in records}
+    given, plain = by_output[factories.model_output("given").output_id], by_output[factories.model_output("plain").output_id]
+    given_task = factories.ranking_task(factories.model_output("given"))
+    assert given.value == json.dumps(RankingTask.model_validate_json(given.value).model_dump(mode="json"),
+                                     indent=1).encode()
+    assert given.key == given_task.partition_key.encode()
+    assert plain.value == RankingTask.model_validate_json(plain.value).to_json_bytes()
 
 
 def test_failing_handler_is_retried_and_not_committed_until_it_succeeds(
