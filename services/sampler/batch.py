@@ -52,7 +52,10 @@ class Staged:
 class PendingBatch:
     records: list[Staged] = field(default_factory=list)
     marks: list[PreferenceMarks] = field(default_factory=list)
-    tally: MetricTally = field(default_factory=MetricTally)  # rejections and other counts of the batch
+    tally: MetricTally = field(default_factory=MetricTally)  # counts of the batch beyond its decisions
+    # outputs no rule took, by reason (nothing stored; counted into `tally` at the flush:
+    # one increment per output here instead of two)
+    rejected: Counter[str] = field(default_factory=Counter)
     _decisions: dict[str, Decision] = field(default_factory=dict)
     _prompts: dict[str, float] = field(default_factory=dict)
     _quota: Counter[tuple[str, float, str]] = field(default_factory=Counter)
@@ -90,4 +93,4 @@ class PendingBatch:
         )
 
     def __bool__(self) -> bool:
-        return bool(self.records or self.marks or self.tally.decisions)
+        return bool(self.records or self.marks or self.rejected or self.tally.decisions)

@@ -127,6 +127,12 @@ _NOT_TAKEN = Verdict(False, 0.0, 0.0)
 _MODEL_STRATEGIES = frozenset({"uncertainty", "novelty"})
 
 
+def _task_outgoing(task: RankingTask, task_json: str) -> Outgoing:
+    """The task to send, with the JSON stored in its decision as its encoding: what is
+    on the topic is byte for byte what a redelivery re-emits from the store."""
+    return Outgoing(RANKING_TASKS, task, encoded=task_json.encode("utf-8"))
+
+
 class Sampler:
     def __init__(
         self,
@@ -213,8 +219,7 @@ class Sampler:
         # the record's last step, nothing below can fail: a retried handler left no half
         batch = self._batch
         if isinstance(decided, str):  # rejected: nothing to store
-            batch.tally.decisions[("none", "rejected")] += 1
-            batch.tally.rejections[decided] += 1
+            batch.rejected[decided] += 1
             if preferences or marks is not None:
                 batch.add(Staged([], preferences), marks)
         else:
@@ -237,6 +242,9 @@ class Sampler:
         to_write = batch.to_write()
         written = self._store.write_batch(to_write) if to_write else BatchWritten({}, set())
         tally, emitted = batch.tally, []
+        for reason, count in batch.rejected.items():
+            tally.decisions[("none", "rejected")] += count
+            tally.rejections[reason] += count
         decided: list[str] = []
         prompts: list[tuple[str, float]] = []
         places: list[tuple[str, float, str]] = []
@@ -274,13 +282,6 @@ class Sampler:
         emitted, self._emitted = self._emitted, []
         return emitted
 
-    def _known(self, output_id: str) -> Decision | None:
-        """The output's decision: made earlier in this batch, or stored."""
-        pending = self._batch.decision(output_id)
-        if pending is not None:
-            return pending
-        return self._store.decision(output_id) if output_id in self._decided else None
-
     def _seen_prompt(self, prompt_hash: str, since: float) -> bool:
         at = self._batch.prompt_seen_at(prompt_hash)
         if at is not None and at >= since:
@@ -292,7 +293,12 @@ class Sampler:
 
     def _decide(self, output: ModelOutput) -> Staged | str:
         """The output's share of the batch, or the reason it is rejected (nothing stored)."""
-        known = self._known(output.output_id)
+        # already decided, earlier in this batch or stored (the Bloom filter answers "no"
+        # for nearly every output without a read)
+        output_id = output.output_id
+        known = self._batch.decision(output_id)
+        if known is None and output_id in self._decided:
+            known = self._store.decision(output_id)
         if known is not None:
             return Staged(self._outcome(known), [])
         now = self._clock()
@@ -312,7 +318,10 @@ class Sampler:
                 prompt_hash = normalized_prompt_hash(output)
                 if self._seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
                     return "duplicate"
-            verdict = self._judge(rule, output, stable_fraction_after(coin_prefix, output.output_id))
+            coin = stable_fraction_after(coin_prefix, output_id)
+            if rule.strategy == "uniform" and coin >= rule.rate and rule.budget is None:
+                continue  # what `_judge` says of most outputs, without a call
+            verdict = self._judge(rule, output, coin)
             if not verdict.accepted:
                 continue
             if prompt_hash is None:
@@ -377,9 +386,10 @@ class Sampler:
                     taken += 1
                     if rule.quota:
                         places += self._quota_places(rule, window, output)
+                    task_json = task.model_dump_json()
                     decisions.append(Decision(item.output_id, "selected", rule_name, "budget_top_k",
-                                              item.score, task.model_dump_json()))
-                    outgoing.append(Outgoing(RANKING_TASKS, task))
+                                              item.score, task_json))
+                    outgoing.append(_task_outgoing(task, task_json))
                 queue = deferred + queue
                 if not chosen:  # everything left waited on a place nobody took
                     decisions += [Decision(item.output_id, "rejected", rule_name, "quota", item.score, None)
@@ -443,14 +453,16 @@ class Sampler:
         # The completion calls run before anything is written (see the module doc).
         score = verdict.score
         task = self._build_task(rule, output, score)
+        outgoing: list[Outgoing] = []
         if task is None:
             decision = Decision(output.output_id, "dropped", rule.name, "too_few_candidates", score, None)
             places: list[QuotaCount] = []  # no task, no quota place
         else:
-            decision = Decision(output.output_id, "selected", rule.name, "rule", score, task.model_dump_json())
+            task_json = task.model_dump_json()
+            decision = Decision(output.output_id, "selected", rule.name, "rule", score, task_json)
             places = self._quota_places(rule, window, output) if rule.quota else []
-        # the task in hand is what `_outcome` would parse back from the stored JSON
-        outgoing = [Outgoing(RANKING_TASKS, task)] if task is not None else []
+            # the task in hand is what `_outcome` would parse back from the stored JSON
+            outgoing.append(_task_outgoing(task, task_json))
         return Staged(outgoing, [], DecisionWrite(decision, now, prompt_hash, tuple(places)), verdict.vector)
 
     def _select_comparison(self, output: ModelOutput, window: float, now: float) -> Staged:
@@ -466,10 +478,10 @@ class Sampler:
             sampling=SamplingDecision(rule=COMPARISON_RULE, strategy=COMPARISON_STRATEGY),
             app=output.app, tags=list(output.tags), ab=output.ab,
         )
-        decision = Decision(output.output_id, "selected", COMPARISON_RULE, COMPARISON_STRATEGY, None,
-                            task.model_dump_json())
+        task_json = task.model_dump_json()
+        decision = Decision(output.output_id, "selected", COMPARISON_RULE, COMPARISON_STRATEGY, None, task_json)
         place = QuotaCount(COMPARISON_RULE, window, COMPARISON_QUOTA_VALUE)
-        return Staged([Outgoing(RANKING_TASKS, task)], [], DecisionWrite(decision, now, quota=(place,)))
+        return Staged([_task_outgoing(task, task_json)], [], DecisionWrite(decision, now, quota=(place,)))
 
     def _feedback_preferences(self, output: ModelOutput) -> tuple[PreferenceMarks | None, list[Outgoing]]:
         """The preferences the output's feedback states (redacted as its task would be),
@@ -514,7 +526,7 @@ class Sampler:
         """What a stored decision emits: its task if selected (the same task, same id,
         on every redelivery), otherwise nothing."""
         if decision.status == "selected" and decision.task_json:
-            return [Outgoing(RANKING_TASKS, RankingTask.model_validate_json(decision.task_json))]
+            return [_task_outgoing(RankingTask.model_validate_json(decision.task_json), decision.task_json)]
         return []
 
     def _build_task(self, rule: SamplingRule, output: ModelOutput, score: float) -> RankingTask | None:
