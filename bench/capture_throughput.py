@@ -149,9 +149,9 @@ def http_run(port: int, bodies: list[bytes], path: str, concurrency: int) -> tup
     return time.perf_counter() - started, ok
 
 
-def start_service(broker: EmbeddedBroker, port: int) -> subprocess.Popen[bytes]:
+def start_service(broker: EmbeddedBroker, port: int, gc_freeze: bool = True) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_")}
-    env.update(RLHF_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers, RLHF_HTTP__HOST="127.0.0.1",
+    env.update(RLHF_GC_FREEZE=str(gc_freeze).lower(), RLHF_KAFKA__BOOTSTRAP_SERVERS=broker.bootstrap_servers, RLHF_HTTP__HOST="127.0.0.1",
                RLHF_HTTP__PORT=str(port), RLHF_CAPTURE__TOKEN=TOKEN, RLHF_LOG_LEVEL="WARNING")
     process = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "capture"], env=env)
     if not wait_for_port("127.0.0.1", port, 30):
@@ -187,11 +187,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="connections for the single endpoint")
     parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="run the service with RLHF_GC_FREEZE=false (what freezing its start-up heap buys)")
     args = parser.parse_args()
     with EmbeddedBroker() as broker:
         kafka = broker.kafka_settings()
         port = free_port()
-        service = start_service(broker, port)
+        service = start_service(broker, port, gc_freeze=not args.no_gc_freeze)
         try:
             best: dict[str, float] = {}
             cpu: dict[str, dict[str, float]] = {}  # of the best round, per event
@@ -241,6 +243,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.python_implementation()} "
                    f"{platform.python_version()}",
         "event_bytes": size,
+        "service_gc_freeze": not args.no_gc_freeze,
         "events": counts,
         "concurrency": {"single": args.concurrency, "batch": args.batch_concurrency, "batch_size": args.batch_size},
         "events_per_s": {k: round(v) for k, v in rates.items()},

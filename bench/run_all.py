@@ -61,6 +61,9 @@ def rows() -> list[tuple[str, str, str, str]]:
         e = sampler["events_per_s"]
         out.append(("sampler (uniform) vs raw consume", f"{e['raw_consume_decode']:,}/s", f"{e['sampler_uniform']:,}/s",
                     f"{sampler['ratio']['rate_strategy']:.2f}"))
+        if "raw_sampler" in e:
+            out.append(("sampler (uniform) vs raw-client sampler (coin, task sends)", f"{e['raw_sampler']:,}/s",
+                        f"{e['sampler_uniform']:,}/s", f"{sampler['ratio']['rate_strategy_vs_raw_sampler']:.2f}"))
     annotation = load("annotation_throughput")
     if annotation:
         r = annotation["records_per_s"]
