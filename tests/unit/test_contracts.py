@@ -120,6 +120,25 @@ def test_ids_are_deterministic_and_kind_scoped() -> None:
         derived_id("output")
 
 
+def test_derived_ids_are_the_uuid5s_they_always_were() -> None:
+    """Ids stored by earlier versions (decisions, preferences, Argilla records) must
+    still match: derived_id is uuid5 in the loop's namespace, byte for byte."""
+    import random
+    import string
+    import uuid
+
+    from shared.contracts.ids import LOOP_NAMESPACE
+
+    rng = random.Random(7)
+    alphabet = string.printable.replace("\x1f", "") + "éü漢😀"
+    for _ in range(2000):
+        kind = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        parts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(rng.randint(1, 4))]
+        expected = str(uuid.uuid5(LOOP_NAMESPACE, kind + "\x1f" + "\x1f".join(parts)))
+        assert derived_id(kind, *parts) == expected
+    assert output_id_for("req-1") == str(uuid.uuid5(LOOP_NAMESPACE, "output\x1freq-1"))
+
+
 def test_event_id_must_match_the_domain_id() -> None:
     output = factories.model_output()
     payload = json.loads(output.to_json_bytes())
