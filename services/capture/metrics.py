@@ -65,6 +65,9 @@ class RequestMetricsMiddleware:
         self.app = app
         self._metrics = metrics
         self._endpoints = frozenset(endpoints)
+        # each series' child, looked up once: `labels()` per request was a visible cost
+        self._requests: dict[tuple[str, int], Any] = {}
+        self._latency = {endpoint: metrics.latency.labels(endpoint) for endpoint in (*self._endpoints, "other")}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -83,5 +86,8 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            self._metrics.requests.labels(endpoint, str(status)).inc()
-            self._metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            requests = self._requests.get((endpoint, status))
+            if requests is None:  # bounded: endpoints x the status codes the app answers with
+                requests = self._requests[(endpoint, status)] = self._metrics.requests.labels(endpoint, str(status))
+            requests.inc()
+            self._latency[endpoint].observe(time.perf_counter() - started)
