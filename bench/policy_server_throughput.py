@@ -27,6 +27,7 @@ from services.policy_server.models import BASE_VERSION, PolicyPool
 from services.policy_server.routing import Router
 from services.policy_server.settings import PolicyServerOptions
 from services.trainer.tiny_models import build_tiny_policy
+from shared.lifecycle import freeze_heap
 from tests.helpers.openai_stub import serve
 
 RESULTS = Path(__file__).parent / "results" / "policy_server_throughput.json"
@@ -76,6 +77,7 @@ def measure(name: str, model_dir: Path, requests: int, max_tokens: int, window_m
     # OpenMP runtime slows every thread once more threads than cores have used it
     # (services/policy_server/batching.py), so both sides share the one thread.
     pool.on_model_thread(lambda: raw(pool, 2, max_tokens))  # warm-up
+    freeze_heap()  # as the service does once built (shared/lifecycle.freeze_heap); both sides after it
     raw_s, raw_tokens = pool.on_model_thread(lambda: raw(pool, requests, max_tokens))
     our_s, our_tokens = ours(pool, requests, max_tokens)
     row = {"raw_tokens_per_s": raw_tokens / raw_s, "our_tokens_per_s": our_tokens / our_s,
