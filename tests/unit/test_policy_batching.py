@@ -4,6 +4,7 @@ the row limit, the oldest first; closing and cancellation."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import CancelledError
 
 import pytest
@@ -116,3 +117,21 @@ def test_with_a_gap_a_lone_request_does_not_wait_out_the_window_and_a_burst_is_o
     burst = [batcher.submit("a", request(tag)) for tag in (1, 2, 3)]  # each within 0.3 s of the last
     assert [f.result(5)[0].text for f in burst] == ["a:1:0", "a:2:0", "a:3:0"]
     assert run.batches == [("a", [0]), ("a", [1, 2, 3])]
+
+
+def test_the_gap_waits_for_as_many_rows_as_the_last_batch_had_within_the_window() -> None:
+    """Eight users answered together come back spread over more than a gap: their next
+    requests still make one batch (up to the window), while a lone user, whose last
+    batch was one row, never waits for company."""
+    run = Recorder()
+    run.release.set()
+    batcher = Batcher(run, max_rows=4, window_s=5.0, gap_s=0.05)
+    assert batcher.submit("a", request(0)).result(5)  # a lone user: the gap, not the window
+    first = [batcher.submit("a", request(tag)) for tag in (1, 2, 3)]  # a burst within the gap
+    assert all(f.result(5) for f in first)
+    later = []
+    for tag in (4, 5, 6):  # the same three users again, each well over a gap after the last
+        later.append(batcher.submit("a", request(tag)))
+        time.sleep(0.2)
+    assert all(f.result(10) for f in later)
+    assert run.batches == [("a", [0]), ("a", [1, 2, 3]), ("a", [4, 5, 6])]
