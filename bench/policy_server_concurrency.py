@@ -99,7 +99,7 @@ def server_run(pool: PolicyPool, log: BatchLog, clients: int, max_tokens: int, m
             list(executor.map(one_client, range(clients)))
         elapsed = time.perf_counter() - started
     return {"tokens_per_s": tokens / elapsed, "p95_latency_s": p95(latencies), "tokens": tokens,
-            "requests": total, "seconds": elapsed, "batches": len(log.sizes)}
+            "requests": total, "seconds": elapsed, "batches": len(log.sizes), "batch_sizes": list(log.sizes)}
 
 
 def raw_run(pool: PolicyPool, clients: int, max_tokens: int) -> dict[str, float]:
@@ -170,7 +170,8 @@ def main() -> None:
             print(f"{n:>7} {s['tokens_per_s']:>13.1f} {b['tokens_per_s']:>14.1f} {r['tokens_per_s']:>10.1f} "
                   f"{row['ratios']['batched_vs_serial']:>9.2f} {row['ratios']['batched_vs_raw']:>6.2f} "
                   f"{s['p95_latency_s']:>13.2f} {b['p95_latency_s']:>14.2f} {r['p95_latency_s']:>10.2f} "
-                  f"{s['tokens']:>4}/{b['tokens']}/{r['tokens']} {b['batches']:>8}", flush=True)
+                  f"{s['tokens']:>4}/{b['tokens']}/{r['tokens']} {b['batches']:>8} "
+                  f"({'+'.join(map(str, b['batch_sizes']))})", flush=True)
     result: dict[str, Any] = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "model": args.model, "max_tokens": args.max_tokens, "max_batch_size": MAX_BATCH,
                               "batch_window_ms": args.window_ms, "batch_gap_ms": args.gap_ms,

@@ -135,3 +135,23 @@ def test_the_gap_waits_for_as_many_rows_as_the_last_batch_had_within_the_window(
         time.sleep(0.2)
     assert all(f.result(10) for f in later)
     assert run.batches == [("a", [0]), ("a", [1, 2, 3]), ("a", [4, 5, 6])]
+
+
+def test_a_request_that_waited_through_a_batch_waits_a_window_more_for_the_users_it_answered() -> None:
+    """Its own window passed while the batch ran; starting it at once would leave the
+    three users coming back from that batch for a batch of their own."""
+    run = Recorder()
+    batcher = Batcher(run, max_rows=4, window_s=1.0, gap_s=0.05)
+    running = [batcher.submit("a", request(tag)) for tag in (1, 2, 3)]
+    assert run.started.wait(5)
+    time.sleep(0.1)  # the three run together
+    waiting = batcher.submit("a", request(9))  # arrives during the batch
+    time.sleep(1.2)  # longer than its window
+    run.release.set()
+    assert all(f.result(5) for f in running)
+    back = []
+    for tag in (4, 5, 6):  # the three answered users, one after another
+        back.append(batcher.submit("a", request(tag)))
+        time.sleep(0.1)
+    assert waiting.result(5) and all(f.result(5) for f in back)
+    assert run.batches == [("a", [1, 2, 3]), ("a", [9, 4, 5, 6])]
