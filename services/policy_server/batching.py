@@ -6,11 +6,12 @@ instead of in line. One scheduler thread takes the oldest queued request and wai
 to `window_s` from its arrival for others to join, but no longer than `gap_s` after
 the latest arrival: company that is coming arrives in a burst, and a lone user should
 not wait out the whole window for nobody (25 ms on a tiny model's 50 ms answer).
-While fewer rows wait than the last batch had plus those that waited through it, the
-batch waits for that company: the users a batch just answered send their next requests
-as each finishes reading its answer, spread over more than a gap on a busy machine. Until they are back, the
-window runs from the end of the last batch (not from the oldest arrival, which may
-have waited through it) and the gap does not cut it short. Starting at the first
+While fewer rows of its version wait than the last batch of that version had plus
+those that waited through it, the batch waits for that company: the users a batch
+just answered send their next requests as each finishes reading its answer, spread
+over more than a gap on a busy machine. Until they are back, the window runs from the
+end of the last batch (not from the oldest arrival, which may have waited through it)
+and the gap does not cut it short. Starting at the first
 pause had left the rest for a batch of their own: 4 batches instead of 2 for 8
 clients, 0.63 of raw static batches.
 Requests that arrive while a batch runs are simply queued: the next batch starts
@@ -85,7 +86,7 @@ class Batcher:
         self.window_s = max(0.0, window_s)  # read at each batch: may be changed live
         self.gap_s = gap_s
         self._last_arrival = 0.0
-        self._expected_rows = 1  # the company to expect (module doc)
+        self._expected: tuple[str, int] = ("", 1)  # a version's company to expect (module doc)
         self._last_batch_end = 0.0
         self._queue: deque[Job] = deque()
         self._tasks: deque[Task] = deque()
@@ -151,7 +152,8 @@ class Batcher:
                     job.future.set_exception(error)
                 continue
             with self._cond:  # its users come back, beside those that waited through it
-                self._expected_rows = sum(job.sampling.n for job in jobs) + sum(job.sampling.n for job in self._queue)
+                version = jobs[0].version
+                self._expected = (version, sum(job.sampling.n for job in jobs) + self._rows(version))
                 self._last_batch_end = time.monotonic()
             for job, answer in zip(jobs, answers, strict=True):
                 job.future.set_result(answer)
@@ -175,7 +177,8 @@ class Batcher:
                 return self._tasks.popleft()
             oldest = self._queue[0]
             while self._closed is None and not self._tasks and (rows := self._rows(oldest.version)) < self.max_rows:
-                if rows < min(self._expected_rows, self.max_rows):  # company is on its way back
+                expected_version, expected_rows = self._expected
+                if oldest.version == expected_version and rows < min(expected_rows, self.max_rows):  # coming back
                     until = max(oldest.arrived, self._last_batch_end) + self.window_s
                 else:
                     until = oldest.arrived + self.window_s
