@@ -318,10 +318,7 @@ class Sampler:
                 prompt_hash = normalized_prompt_hash(output)
                 if self._seen_prompt(prompt_hash, since=now - self._dedupe_window_s):
                     return "duplicate"
-            coin = stable_fraction_after(coin_prefix, output_id)
-            if rule.strategy == "uniform" and coin >= rule.rate and rule.budget is None:
-                continue  # what `_judge` says of most outputs, without a call
-            verdict = self._judge(rule, output, coin)
+            verdict = self._judge(rule, output, stable_fraction_after(coin_prefix, output_id))
             if not verdict.accepted:
                 continue
             if prompt_hash is None:

@@ -20,8 +20,7 @@ _PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
 def stable_fraction(*parts: str) -> float:
     """A uniform number in [0, 1) fixed by `parts` (sha256): the coin flip of the
     uniform strategy and the random key of reservoir sampling, both replayable."""
-    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return _fraction_of("\x1f".join(parts).encode("utf-8"))
 
 
 def fraction_prefix(*parts: str) -> bytes:
@@ -34,8 +33,12 @@ def stable_fraction_after(prefix: bytes, last: str) -> float:
     """`stable_fraction(*parts, last)` with `prefix = fraction_prefix(*parts)` built
     once: the sampler flips a rule's coin for every output, and the join and the
     tuple of parts were half its cost (~1.5 -> ~0.7 us)."""
-    digest = hashlib.sha256(prefix + last.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return _fraction_of(prefix + last.encode("utf-8"))
+
+
+def _fraction_of(data: bytes) -> float:
+    """The first 8 bytes of sha256(data) as a number in [0, 1)."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2**64
 
 
 def prompt_text(output: ModelOutput) -> str:
