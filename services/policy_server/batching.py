@@ -11,9 +11,8 @@ those that waited through it, the batch waits for that company: the users a batc
 just answered send their next requests as each finishes reading its answer, spread
 over more than a gap on a busy machine. Until they are back, the window runs from the
 end of the last batch (not from the oldest arrival, which may have waited through it)
-and the gap does not cut it short. Starting at the first
-pause had left the rest for a batch of their own: 4 batches instead of 2 for 8
-clients, 0.63 of raw static batches.
+and the gap does not cut it short. Starting at the first pause had left the rest for a
+batch of their own: 4 batches instead of 2 for 8 clients, 0.63 of raw static batches.
 Requests that arrive while a batch runs are simply queued: the next batch starts
 without waiting once the window has passed. A batch is one version's: the pool sets
 one adapter on the model per batch (see models.py for why not PEFT's mixed-adapter
