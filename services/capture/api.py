@@ -40,8 +40,42 @@ def _events(items: Sequence[OutputIn], prefix: tuple[object, ...]) -> list[Model
     return events
 
 
-def _accepted(answer: Accepted | BatchAccepted) -> Response:
-    return Response(answer.model_dump_json(), status_code=202, media_type="application/json")
+def decode_request(path: str, raw: bytes, options: CaptureOptions) -> list[ModelOutput]:
+    """The events a request body to `path` becomes; RequestValidationError (422) names
+    the field at fault. One function for both paths (fast_ingest.py, the routes below),
+    so they cannot disagree about what is valid."""
+    if path == OUTPUTS_PATH:
+        return _events([parse_body(raw, OutputIn)], ("body",))
+    batch = parse_body(raw, BatchIn)
+    if len(batch.items) > options.max_batch_items:
+        raise RequestValidationError([{
+            "type": "too_long", "loc": ["body", "items"], "field": "items",
+            "msg": f"at most {options.max_batch_items} items per batch, got {len(batch.items)}",
+        }])
+    return _events(batch.items, ("body", "items"))
+
+
+def accepted_body(path: str, events: Sequence[ModelOutput]) -> bytes:
+    """The 202's JSON: the event id, or the batch's ids in item order."""
+    answer = (Accepted(event_id=events[0].event_id) if path == OUTPUTS_PATH
+              else BatchAccepted(event_ids=[e.event_id for e in events]))
+    return answer.model_dump_json().encode()
+
+
+async def store(events: list[ModelOutput], options: CaptureOptions, publisher: OutputPublisher,
+                metrics: CaptureMetrics) -> None:
+    """Send the events and await every ack; HTTPException 413 (too large for the
+    broker) or 503 with Retry-After (not acknowledged) otherwise."""
+    try:
+        await publisher.publish_all_async(events)
+    except EventTooLarge as error:
+        raise HTTPException(413, f"event too large for the broker: {error}") from None
+    except BrokerUnavailable as error:
+        metrics.unavailable.inc()
+        log.warning("broker did not acknowledge %d event(s): %s", len(events), error)
+        raise HTTPException(503, "the event store is unavailable; retry later",
+                            headers={"Retry-After": str(options.retry_after_s)}) from None
+    metrics.accepted.labels("api").inc(len(events))
 
 
 def ingest_router(
@@ -56,32 +90,22 @@ def ingest_router(
     # a single-event request's CPU (`response_model` still documents the answer).
     router = APIRouter(tags=["ingest"])
 
-    async def store(events: list[ModelOutput]) -> None:
-        try:
-            await publisher.publish_all_async(events)
-        except EventTooLarge as error:
-            raise HTTPException(413, f"event too large for the broker: {error}") from None
-        except BrokerUnavailable as error:
-            metrics.unavailable.inc()
-            log.warning("broker did not acknowledge %d event(s): %s", len(events), error)
-            raise HTTPException(503, "the event store is unavailable; retry later",
-                                headers={"Retry-After": str(options.retry_after_s)}) from None
-        metrics.accepted.labels("api").inc(len(events))
-
     async def read(request: Request) -> bytes:
         await check_token(request)
         require_json(request)
         return await read_limited(request, options.max_body_bytes)
+
+    async def ingest(path: str, request: Request) -> Response:
+        events = decode_request(path, await read(request), options)
+        await store(events, options, publisher, metrics)
+        return Response(accepted_body(path, events), status_code=202, media_type="application/json")
 
     @router.post(OUTPUTS_PATH, status_code=202, response_model=Accepted,
                  openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                      "schema": {"title": "OutputIn (see docs/capture.md)", "type": "object"}}}}})
     async def post_output(request: Request) -> Response:
         """One chatbot exchange; 202 once stored. Body: `OutputIn`."""
-        body = parse_body(await read(request), OutputIn)
-        events = _events([body], ("body",))
-        await store(events)
-        return _accepted(Accepted(event_id=events[0].event_id))
+        return await ingest(OUTPUTS_PATH, request)
 
     @router.post(BATCH_PATH, status_code=202, response_model=BatchAccepted,
                  openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
@@ -89,14 +113,6 @@ def ingest_router(
     async def post_batch(request: Request) -> Response:
         """Many exchanges, all or none: every item is validated first, then all are sent
         and all acks awaited. Event ids come back in item order."""
-        batch = parse_body(await read(request), BatchIn)
-        if len(batch.items) > options.max_batch_items:
-            raise RequestValidationError([{
-                "type": "too_long", "loc": ["body", "items"], "field": "items",
-                "msg": f"at most {options.max_batch_items} items per batch, got {len(batch.items)}",
-            }])
-        events = _events(batch.items, ("body", "items"))
-        await store(events)
-        return _accepted(BatchAccepted(event_ids=[e.event_id for e in events]))
+        return await ingest(BATCH_PATH, request)
 
     return router

@@ -1,4 +1,5 @@
-"""create_app: the capture service's FastAPI app, everything it needs passed in."""
+"""create_app: the capture service's HTTP app (FastAPI behind the ingest fast path),
+everything it needs passed in."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from shared.topics import OUTPUTS, Topic
 from shared.web import Checks, ops_router
 
 from .api import BATCH_PATH, OUTPUTS_PATH, ingest_router
-from .auth import token_checker
+from .auth import token_checker, token_test
 from .background import BackgroundCapture
+from .fast_ingest import ASGIApp, FastIngest
 from .metrics import CaptureMetrics, RequestMetricsMiddleware
 from .proxy import CHAT_PATH, proxy_router, upstream_client
 from .publisher import OutputPublisher
@@ -30,9 +32,11 @@ def create_app(
     topic: Topic = OUTPUTS,
     liveness: Checks | None = None,
     readiness: Checks | None = None,
-) -> FastAPI:
-    """The app; the caller owns (and closes) `producer`. The proxy's writer thread and
-    upstream client live with the app's lifespan. `liveness`/`readiness`: the service
+) -> ASGIApp:
+    """The app: well-formed ingest requests are answered by FastIngest, everything
+    else by the FastAPI app behind it; request metrics wrap both. The caller owns
+    (and closes) `producer`. The proxy's writer thread and upstream client live with
+    the app's lifespan. `liveness`/`readiness`: the service
     App's checks (by reference); by default, the event loop and the broker."""
     options = settings.capture
     metrics = CaptureMetrics(registry)
@@ -68,5 +72,5 @@ def create_app(
     if capture is not None and client is not None:
         app.include_router(proxy_router(options, client, capture, metrics, check_token))
         endpoints.append(CHAT_PATH)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, endpoints=endpoints)
-    return app
+    fast = FastIngest(app, options, publisher, metrics, token_test(options.token, options.auth_disabled))
+    return RequestMetricsMiddleware(fast, metrics=metrics, endpoints=endpoints)

@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import Request
 from pydantic import SecretStr
 
-from shared.auth import bearer_dependency, token_or_generated
+from shared.auth import bearer_dependency, bearer_matches, token_or_generated
 
 from .settings import CaptureSettings
 
@@ -29,6 +29,16 @@ def token_checker(token: SecretStr | None, disabled: bool) -> Callable[[Request]
     if token is None or not token.get_secret_value():
         raise ValueError("set RLHF_CAPTURE__TOKEN, or RLHF_CAPTURE__AUTH_DISABLED=true for local use")
     return bearer_dependency(token, "RLHF_CAPTURE__TOKEN")
+
+
+def token_test(token: SecretStr | None, disabled: bool) -> Callable[[str | None], bool]:
+    """What `token_checker` checks, as a predicate of the Authorization header's value
+    (for the ingest fast path, which sees raw headers)."""
+    if disabled:
+        return lambda _authorization: True
+    if token is None or not token.get_secret_value():
+        raise ValueError("set RLHF_CAPTURE__TOKEN, or RLHF_CAPTURE__AUTH_DISABLED=true for local use")
+    return lambda authorization: bearer_matches(authorization, token)
 
 
 def with_token(settings: CaptureSettings) -> CaptureSettings:

@@ -16,10 +16,15 @@ from pydantic import BaseModel, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 
+def media_type(content_type: str) -> str:
+    """`application/json` of `application/JSON; charset=utf-8`."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def require_json(request: Request) -> None:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        raise HTTPException(415, f"Content-Type must be application/json, got {media_type or 'none'!r}")
+    found = media_type(request.headers.get("content-type", ""))
+    if found != "application/json":
+        raise HTTPException(415, f"Content-Type must be application/json, got {found or 'none'!r}")
 
 
 async def read_limited(request: Request, max_bytes: int) -> bytes:
