@@ -36,8 +36,8 @@ def create_app(
     """The app: well-formed ingest requests are answered by FastIngest, everything
     else by the FastAPI app behind it; request metrics wrap both. The caller owns
     (and closes) `producer`. The proxy's writer thread and upstream client live with
-    the app's lifespan. `liveness`/`readiness`: the service
-    App's checks (by reference); by default, the event loop and the broker."""
+    the app's lifespan. `liveness`/`readiness`: the service App's checks (by
+    reference); by default, the event loop and the broker."""
     options = settings.capture
     metrics = CaptureMetrics(registry)
     check_token = token_checker(options.token, options.auth_disabled)

@@ -26,9 +26,7 @@ def token_checker(token: SecretStr | None, disabled: bool) -> Callable[[Request]
             return None
 
         return open_door
-    if token is None or not token.get_secret_value():
-        raise ValueError("set RLHF_CAPTURE__TOKEN, or RLHF_CAPTURE__AUTH_DISABLED=true for local use")
-    return bearer_dependency(token, "RLHF_CAPTURE__TOKEN")
+    return bearer_dependency(_required(token), "RLHF_CAPTURE__TOKEN")
 
 
 def token_test(token: SecretStr | None, disabled: bool) -> Callable[[str | None], bool]:
@@ -36,9 +34,15 @@ def token_test(token: SecretStr | None, disabled: bool) -> Callable[[str | None]
     (for the ingest fast path, which sees raw headers)."""
     if disabled:
         return lambda _authorization: True
+    required = _required(token)
+    return lambda authorization: bearer_matches(authorization, required)
+
+
+def _required(token: SecretStr | None) -> SecretStr:
+    """The token, which auth being on requires."""
     if token is None or not token.get_secret_value():
         raise ValueError("set RLHF_CAPTURE__TOKEN, or RLHF_CAPTURE__AUTH_DISABLED=true for local use")
-    return lambda authorization: bearer_matches(authorization, token)
+    return token
 
 
 def with_token(settings: CaptureSettings) -> CaptureSettings:

@@ -114,8 +114,6 @@ class FastIngest:
                 return received, None
             if not message.get("more_body", False):
                 break
-        if len(received) == 1:
-            return received, received[0].get("body", b"")
         return received, b"".join(m.get("body", b"") for m in received)
 
 
