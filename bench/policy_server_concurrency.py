@@ -175,6 +175,7 @@ def main() -> None:
     result: dict[str, Any] = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "model": args.model, "max_tokens": args.max_tokens, "max_batch_size": MAX_BATCH,
                               "batch_window_ms": args.window_ms, "batch_gap_ms": args.gap_ms,
+                              "device": torch.cuda.get_device_name() if pool.device == "cuda" else "cpu",
                               "torch_threads": torch.get_num_threads(), "results": rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))

@@ -41,7 +41,8 @@ def raw(pool: PolicyPool, requests: int, max_tokens: int) -> tuple[float, int]:
     started = time.perf_counter()
     for i in range(requests):
         batch = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                                              add_generation_prompt=True, return_tensors="pt", return_dict=True)
+                                              add_generation_prompt=True, return_tensors="pt",
+                                              return_dict=True).to(pool.device)
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
@@ -112,6 +113,7 @@ def main() -> None:
         print(f"(SmolLM2 not prepared at {smol}: run `rlhf-loop models smollm2` to include it)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                                    "max_tokens": args.max_tokens,
                                    "batch_window_ms": args.batch_window_ms,
                                    "batch_gap_ms": args.batch_gap_ms, "results": results}, indent=2))

@@ -300,16 +300,29 @@ SIZES = {  # defaults per model: the tiny model's run takes ~2 minutes, SmolLM2'
 ALGORITHMS = ("rm", "ppo", "grpo", "rloo")
 
 
+def where() -> str:
+    """The device both sides train on, as `common()` configures TRL for it."""
+    import torch
+
+    from services.trainer.device import resolve_device
+
+    if resolve_device() == "cuda":
+        precision = "bf16 autocast" if torch.cuda.is_bf16_supported() else "fp32"
+        return f"CUDA {torch.cuda.get_device_name()}, {precision}"
+    return "CPU, fp32"
+
+
 def models(choice: str, root: Path, smollm2_dir: Path) -> tuple[str, str, str]:
     """(policy, reward-model base, description). SmolLM2 is both, as in the demo."""
     if choice == "smollm2":
         if not (smollm2_dir / "config.json").exists():
             raise SystemExit(f"SmolLM2 not prepared at {smollm2_dir}: run `rlhf-loop models smollm2` first")
-        return str(smollm2_dir), str(smollm2_dir), "SmolLM2-135M-Instruct (fp32), LoRA r=8 on q_proj/v_proj, CPU"
+        return (str(smollm2_dir), str(smollm2_dir),
+                f"SmolLM2-135M-Instruct ({smollm2_dir.name}), LoRA r=8 on q_proj/v_proj, {where()}")
     from services.trainer.tiny_models import build_tiny_models
 
     policy, rm_base = (str(p) for p in build_tiny_models(root / "models"))
-    return policy, rm_base, "tiny Llama (hidden 64, 2 layers), LoRA r=8 on q_proj/v_proj, fp32, CPU"
+    return policy, rm_base, f"tiny Llama (hidden 64, 2 layers), LoRA r=8 on q_proj/v_proj, {where()}"
 
 
 def group_steps(args: argparse.Namespace) -> int:
