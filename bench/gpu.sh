@@ -59,10 +59,10 @@ run() {  # run LIMIT_S NAME ARGS...: one benchmark, its output in the log
   say "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s"
 }
 
-run 150 concurrency bench.policy_server_concurrency --smollm2-dir "$model"
-run 330 trainer bench.trainer_throughput --model smollm2 --smollm2-dir "$model" \
+run 120 concurrency bench.policy_server_concurrency --smollm2-dir "$model"
+run 300 trainer bench.trainer_throughput --model smollm2 --smollm2-dir "$model" \
   --pairs "${GPU_PAIRS:-512}" --episodes "${GPU_EPISODES:-64}" --batch 8 --rounds "${GPU_ROUNDS:-3}"
-run 90 throughput bench.policy_server_throughput --smollm2-dir "$model"
+run 60 throughput bench.policy_server_throughput --smollm2-dir "$model"
 cp bench/results/policy_server_concurrency.json bench/results/trainer_throughput_smollm2.json \
   bench/results/policy_server_throughput.json "$out"/ 2>/dev/null
 ls "$out"
