@@ -8,6 +8,13 @@ one pass), greedy, in the same run.
 Greedy answers are the same on every path, so tokens/s compare like with like (the
 token counts are printed to show it).
 
+Warm-up (the default): before the clock starts, every client sends one short request
+at the same concurrency, and the measured requests begin together once all are back.
+The server has then seen this many users at once, as it has under steady load. With
+`--cold`, one request warms the server and the clients start at once: the first
+batch then goes out with whoever arrived within the quiet gap (often a single
+request), which is the start of a burst, not steady load.
+
 Run: .venv/bin/python -m bench.policy_server_concurrency [--model smollm2|tiny] [--max-tokens 32]
 """
 
@@ -68,7 +75,11 @@ class BatchLog:
         self.sizes.append(requests)
 
 
-def server_run(pool: PolicyPool, log: BatchLog, clients: int, max_tokens: int, max_batch: int) -> dict[str, float]:
+WARMUP_TOKENS = 4
+
+
+def server_run(pool: PolicyPool, log: BatchLog, clients: int, max_tokens: int, max_batch: int,
+               warm: bool = True) -> dict[str, float]:
     pool.max_batch_size = max_batch
     registry = CollectorRegistry()
     app = create_app(pool=pool, router=Router(), metrics=PolicyServerMetrics(registry), registry=registry,
@@ -81,9 +92,21 @@ def server_run(pool: PolicyPool, log: BatchLog, clients: int, max_tokens: int, m
     with serve(app) as base_url:
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
         client.chat.completions.create(model="rlhf-policy", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+        clock: list[float] = []
+
+        def start_clock() -> None:
+            log.sizes.clear()
+            clock.append(time.perf_counter())
+
+        together = threading.Barrier(clients, action=start_clock)
 
         def one_client(c: int) -> None:
             nonlocal tokens
+            if warm:  # not counted: see the module docstring
+                client.chat.completions.create(model="rlhf-policy", temperature=0, max_tokens=WARMUP_TOKENS,
+                                               messages=[{"role": "user", "content": prompt(c)}],
+                                               extra_body={"store": False})
+            together.wait(timeout=600)
             for k in range(c, total, clients):  # request k goes to client k % clients
                 started = time.perf_counter()
                 reply = client.chat.completions.create(model="rlhf-policy", temperature=0, max_tokens=max_tokens,
@@ -93,11 +116,9 @@ def server_run(pool: PolicyPool, log: BatchLog, clients: int, max_tokens: int, m
                     latencies.append(time.perf_counter() - started)
                     tokens += reply.usage.completion_tokens if reply.usage else 0
 
-        log.sizes.clear()
-        started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=clients) as executor:
             list(executor.map(one_client, range(clients)))
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - clock[0]
     return {"tokens_per_s": tokens / elapsed, "p95_latency_s": p95(latencies), "tokens": tokens,
             "requests": total, "seconds": elapsed, "batches": len(log.sizes), "batch_sizes": list(log.sizes)}
 
@@ -141,6 +162,8 @@ def main() -> None:
                         help="the batched server's BATCH_WINDOW_MS")
     parser.add_argument("--gap-ms", type=float, default=PolicyServerOptions().batch_gap_ms,
                         help="the batched server's BATCH_GAP_MS")
+    parser.add_argument("--cold", action="store_true",
+                        help="no warm-up at each concurrency: measure from the start of a burst")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,8 +183,8 @@ def main() -> None:
               f"{'x serial':>9} {'/ raw':>6} {'p95 serial s':>13} {'p95 batched s':>14} {'p95 raw s':>10} "
               f"{'tokens s/b/r':>14} {'batches':>8}")
         for n in clients:
-            row = {"serial": server_run(pool, log, n, args.max_tokens, 1),
-                   "batched": server_run(pool, log, n, args.max_tokens, MAX_BATCH),
+            row = {"serial": server_run(pool, log, n, args.max_tokens, 1, warm=not args.cold),
+                   "batched": server_run(pool, log, n, args.max_tokens, MAX_BATCH, warm=not args.cold),
                    "raw_batched_generate": raw_run(pool, n, args.max_tokens)}
             s, b, r = row["serial"], row["batched"], row["raw_batched_generate"]
             row["ratios"] = {"batched_vs_serial": b["tokens_per_s"] / s["tokens_per_s"],
@@ -175,6 +198,7 @@ def main() -> None:
     result: dict[str, Any] = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                               "model": args.model, "max_tokens": args.max_tokens, "max_batch_size": MAX_BATCH,
                               "batch_window_ms": args.window_ms, "batch_gap_ms": args.gap_ms,
+                              "warm_up": not args.cold,
                               "device": torch.cuda.get_device_name() if pool.device == "cuda" else "cpu",
                               "torch_threads": torch.get_num_threads(), "results": rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,7 @@ def rows() -> list[tuple[str, str, str, str]]:
     concurrency, model = measured.get("results", {}), measured.get("model", "smollm2")
     if "8" in concurrency:
         eight = concurrency["8"]  # the tiny model when SmolLM2 is not prepared: say which
+        model += "" if measured.get("warm_up") else " (cold start)"  # bench.policy_server_concurrency --cold
         out.append((f"policy server {model}, 8 clients, batched vs serial server",
                     f"{eight['serial']['tokens_per_s']:.1f} tok/s",
                     f"{eight['batched']['tokens_per_s']:.1f} tok/s", f"{eight['ratios']['batched_vs_serial']:.2f}"))
