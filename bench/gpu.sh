@@ -6,8 +6,8 @@
 #   bench/gpu.sh [OUT_DIR]        (default bench/results/gpu; run from the repo root)
 #
 # Runs with the machine's own python3 (PY to override). Where the packages the
-# benchmarks need are missing there, put their wheels in .whl/ (see README,
-# "Benchmarks on a GPU"): they are installed into /tmp/site first. The model is
+# benchmarks need are missing there, put their wheels in .whl/ (README, "Training and
+# serving on a GPU"): they are installed into /tmp/site first. The model is
 # .rlhf-loop/models/smollm2-135m-instruct when it is there; else, when only its small
 # files are at .gpu/smollm2-small (bench/same_shape_model.py --small-files-to), a model of
 # its shapes and tokenizer with random weights is built from them: throughput depends
