@@ -137,6 +137,35 @@ def test_the_gap_waits_for_as_many_rows_as_the_last_batch_had_within_the_window(
     assert run.batches == [("a", [0]), ("a", [1, 2, 3]), ("a", [4, 5, 6])]
 
 
+def test_a_lone_user_back_with_nobody_a_second_time_no_longer_waits_for_the_gap() -> None:
+    """The first two requests of one user each wait the gap for company that might be
+    coming; once the second came alone, the third starts at once. A second user ends
+    it: the one batch that user loses, then the two are batched together, and a batch
+    waits for company again."""
+    run = Recorder()
+    run.release.set()
+    batcher = Batcher(run, max_rows=4, window_s=1.0, gap_s=0.5)
+
+    def timed(tag: int) -> float:
+        started = time.monotonic()
+        assert batcher.submit("a", request(tag)).result(5)
+        return time.monotonic() - started
+
+    assert timed(0) >= 0.5 and timed(1) >= 0.5  # a new user: company may be coming
+    assert timed(2) < 0.25 and timed(3) < 0.25  # the same user, alone again: no wait
+    run.release.clear()
+    run.started.clear()
+    four = batcher.submit("a", request(4))  # the lone user, at once
+    assert run.started.wait(5)
+    five = batcher.submit("a", request(5))  # a second user, while that batch runs
+    run.release.set()
+    assert four.result(5)
+    six = batcher.submit("a", request(6))  # the first user back: one batch with the second
+    assert five.result(5) and six.result(5)
+    assert run.batches[-2:] == [("a", [4]), ("a", [5, 6])]
+    assert timed(7) >= 0.5  # the last batch was two users': their company is awaited
+
+
 def test_a_request_that_waited_through_a_batch_waits_a_window_more_for_the_users_it_answered() -> None:
     """Its own window passed while the batch ran; starting it at once would leave the
     three users coming back from that batch for a batch of their own."""
