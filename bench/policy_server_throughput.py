@@ -71,7 +71,7 @@ def ours(pool: PolicyPool, requests: int, max_tokens: int) -> tuple[float, int]:
 
 
 def measure(name: str, model_dir: Path, requests: int, max_tokens: int, window_ms: float,
-            gap_ms: float) -> dict[str, float]:
+            gap_ms: float, rounds: int) -> dict[str, float]:
     pool = PolicyPool(model_dir, batch_window_ms=window_ms, batch_gap_ms=gap_ms)
     assert pool.versions == [BASE_VERSION]
     # Raw generate runs on the pool's model thread, as the server's batches do: torch's
@@ -79,8 +79,17 @@ def measure(name: str, model_dir: Path, requests: int, max_tokens: int, window_m
     # (services/policy_server/batching.py), so both sides share the one thread.
     pool.on_model_thread(lambda: raw(pool, 2, max_tokens))  # warm-up
     freeze_heap()  # as the service does once built (shared/lifecycle.freeze_heap); both sides after it
-    raw_s, raw_tokens = pool.on_model_thread(lambda: raw(pool, requests, max_tokens))
-    our_s, our_tokens = ours(pool, requests, max_tokens)
+    # The sides take turns, and each keeps its best round (the least disturbed, as in
+    # bench.bus_throughput): one round of 30 tiny requests lasts about a second, and
+    # single rounds of it measured anywhere from 0.62 to 0.91.
+    raw_s, raw_tokens, our_s, our_tokens = float("inf"), 0, float("inf"), 0
+    for _ in range(rounds):
+        seconds, tokens = pool.on_model_thread(lambda: raw(pool, requests, max_tokens))
+        if seconds < raw_s:
+            raw_s, raw_tokens = seconds, tokens
+        seconds, tokens = ours(pool, requests, max_tokens)
+        if seconds < our_s:
+            our_s, our_tokens = seconds, tokens
     row = {"raw_tokens_per_s": raw_tokens / raw_s, "our_tokens_per_s": our_tokens / our_s,
            "raw_requests_per_s": requests / raw_s, "our_requests_per_s": requests / our_s,
            "ratio": (our_tokens / our_s) / (raw_tokens / raw_s)}
@@ -93,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="turns per side; each side's best counts")
     parser.add_argument("--smollm2-dir", default=".rlhf-loop/models/smollm2-135m-instruct")
     parser.add_argument("--batch-window-ms", type=float, default=PolicyServerOptions().batch_window_ms,
                         help="the server's batching window")
@@ -104,17 +114,17 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["tiny"] = measure("tiny (2-layer)", build_tiny_policy(Path(tmp) / "tiny"), args.requests,
-                                  args.max_tokens, args.batch_window_ms, args.batch_gap_ms)
+                                  args.max_tokens, args.batch_window_ms, args.batch_gap_ms, args.rounds)
     smol = Path(args.smollm2_dir)
     if (smol / "config.json").exists():
         results["smollm2-135m"] = measure("SmolLM2-135M", smol, max(5, args.requests // 3), args.max_tokens,
-                                          args.batch_window_ms, args.batch_gap_ms)
+                                          args.batch_window_ms, args.batch_gap_ms, args.rounds)
     else:
         print(f"(SmolLM2 not prepared at {smol}: run `rlhf-loop models smollm2` to include it)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                                   "max_tokens": args.max_tokens,
+                                   "max_tokens": args.max_tokens, "rounds": args.rounds,
                                    "batch_window_ms": args.batch_window_ms,
                                    "batch_gap_ms": args.batch_gap_ms, "results": results}, indent=2))
 
