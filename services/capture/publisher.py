@@ -8,6 +8,7 @@ broker acks, not one per item.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 
@@ -36,6 +37,7 @@ class OutputPublisher:
         # True once a send was acknowledged: the producer then knows the topic's
         # partitions, and `send` only appends to its buffer (no metadata wait).
         self.warm = False
+        self._acks: dict[asyncio.AbstractEventLoop, _Acks] = {}
 
     def send_all(self, events: Sequence[Event]) -> list[FutureRecordMetadata]:
         try:
@@ -71,8 +73,10 @@ class OutputPublisher:
             await anyio.to_thread.run_sync(self.publish_all, events)
             return
         futures = self.send_all(events)
-        loop = asyncio.get_running_loop()
-        waiters = [_bridge(loop, f) for f in futures]
+        acks = self._acks.get(loop := asyncio.get_running_loop())
+        if acks is None:
+            acks = self._acks[loop] = _Acks(loop)
+        waiters = [acks.bridge(f) for f in futures]
         done, pending = await asyncio.wait(waiters, timeout=self.timeout_s)
         for waiter in pending:
             waiter.cancel()
@@ -82,20 +86,42 @@ class OutputPublisher:
         raise_for(errors, len(events))
 
 
-def _bridge(loop: asyncio.AbstractEventLoop, future: FutureRecordMetadata) -> asyncio.Future[None]:
-    """An asyncio future resolved (on `loop`) when the kafka-python future is."""
-    waiter: asyncio.Future[None] = loop.create_future()
+class _Acks:
+    """Acknowledgements handed from kafka-python's network thread to one event loop.
 
-    def settle(error: BaseException | None) -> None:
-        if not waiter.done():
+    One produce response acknowledges the events of many requests at once, and waking
+    the loop costs a write to its self-pipe and a turn of the loop: the first ack of a
+    burst schedules one wake-up, and the ones that arrive before it runs join it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._inbox: list[tuple[asyncio.Future[None], BaseException | None]] = []
+
+    def bridge(self, future: FutureRecordMetadata) -> asyncio.Future[None]:
+        """An asyncio future resolved on the loop when the kafka-python future is."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        future.add_callback(lambda _md: self._deliver(waiter, None))
+        future.add_errback(lambda exc: self._deliver(waiter, exc))
+        return waiter
+
+    def _deliver(self, waiter: asyncio.Future[None], error: BaseException | None) -> None:
+        with self._lock:
+            self._inbox.append((waiter, error))
+            if len(self._inbox) > 1:
+                return  # a wake-up is already on its way and takes this one too
+        self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+        for waiter, error in inbox:
+            if waiter.done():  # cancelled: its request timed out
+                continue
             if error is None:
                 waiter.set_result(None)
             else:
                 waiter.set_exception(error)
-
-    future.add_callback(lambda _md: loop.call_soon_threadsafe(settle, None))
-    future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
-    return waiter
 
 
 def raise_for(errors: Sequence[BaseException | None], total: int) -> None:
