@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=16, help="connections for the single endpoint")
     parser.add_argument("--batch-concurrency", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-gc-freeze", action="store_true",
                         help="run the service with RLHF_GC_FREEZE=false (what freezing its start-up heap buys)")
     args = parser.parse_args()
