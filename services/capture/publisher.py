@@ -37,7 +37,7 @@ class OutputPublisher:
         # True once a send was acknowledged: the producer then knows the topic's
         # partitions, and `send` only appends to its buffer (no metadata wait).
         self.warm = False
-        self._acks: dict[asyncio.AbstractEventLoop, _Acks] = {}
+        self._acks: _Acks | None = None  # of the loop that serves (one; tests run several in turn)
 
     def send_all(self, events: Sequence[Event]) -> list[FutureRecordMetadata]:
         try:
@@ -73,10 +73,10 @@ class OutputPublisher:
             await anyio.to_thread.run_sync(self.publish_all, events)
             return
         futures = self.send_all(events)
-        acks = self._acks.get(loop := asyncio.get_running_loop())
-        if acks is None:
-            acks = self._acks[loop] = _Acks(loop)
-        waiters = [acks.bridge(f) for f in futures]
+        loop = asyncio.get_running_loop()
+        if self._acks is None or self._acks.loop is not loop:
+            self._acks = _Acks(loop)  # a replaced one still settles what it bridged
+        waiters = [self._acks.bridge(f) for f in futures]
         done, pending = await asyncio.wait(waiters, timeout=self.timeout_s)
         for waiter in pending:
             waiter.cancel()
@@ -94,13 +94,13 @@ class _Acks:
     burst schedules one wake-up, and the ones that arrive before it runs join it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._lock = threading.Lock()
         self._inbox: list[tuple[asyncio.Future[None], BaseException | None]] = []
 
     def bridge(self, future: FutureRecordMetadata) -> asyncio.Future[None]:
         """An asyncio future resolved on the loop when the kafka-python future is."""
-        waiter: asyncio.Future[None] = self._loop.create_future()
+        waiter: asyncio.Future[None] = self.loop.create_future()
         future.add_callback(lambda _md: self._deliver(waiter, None))
         future.add_errback(lambda exc: self._deliver(waiter, exc))
         return waiter
@@ -110,7 +110,7 @@ class _Acks:
             self._inbox.append((waiter, error))
             if len(self._inbox) > 1:
                 return  # a wake-up is already on its way and takes this one too
-        self._loop.call_soon_threadsafe(self._settle)
+        self.loop.call_soon_threadsafe(self._settle)
 
     def _settle(self) -> None:
         with self._lock:
