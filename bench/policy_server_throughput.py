@@ -82,14 +82,11 @@ def measure(name: str, model_dir: Path, requests: int, max_tokens: int, window_m
     # The sides take turns, and each keeps its best round (the least disturbed, as in
     # bench.bus_throughput): one round of 30 tiny requests lasts about a second, and
     # single rounds of it measured anywhere from 0.62 to 0.91.
-    raw_s, raw_tokens, our_s, our_tokens = float("inf"), 0, float("inf"), 0
+    raw_rounds, our_rounds = [], []  # (seconds, tokens) of each round
     for _ in range(rounds):
-        seconds, tokens = pool.on_model_thread(lambda: raw(pool, requests, max_tokens))
-        if seconds < raw_s:
-            raw_s, raw_tokens = seconds, tokens
-        seconds, tokens = ours(pool, requests, max_tokens)
-        if seconds < our_s:
-            our_s, our_tokens = seconds, tokens
+        raw_rounds.append(pool.on_model_thread(lambda: raw(pool, requests, max_tokens)))
+        our_rounds.append(ours(pool, requests, max_tokens))
+    (raw_s, raw_tokens), (our_s, our_tokens) = min(raw_rounds), min(our_rounds)
     row = {"raw_tokens_per_s": raw_tokens / raw_s, "our_tokens_per_s": our_tokens / our_s,
            "raw_requests_per_s": requests / raw_s, "our_requests_per_s": requests / our_s,
            "ratio": (our_tokens / our_s) / (raw_tokens / raw_s)}
