@@ -53,4 +53,3 @@ def test_acks_that_arrive_after_a_wake_up_was_taken_get_one_of_their_own() -> No
             await asyncio.wait_for(asyncio.gather(*waiters), 5)
 
     asyncio.run(scenario())
-
